@@ -1,0 +1,38 @@
+// Package identifiers validates the names and IDs that become bbolt keys
+// or path components: container IDs and names, namespace names, exec IDs,
+// snapshot keys of containers.
+//
+// The rule is deliberately narrow, so that an identifier is safe as a path
+// component without further escaping: 1 to MaxLength characters, letters
+// and digits, with single '.', '_' or '-' between them. That excludes "",
+// ".", "..", anything with "/", NUL or white space, and leading or trailing
+// separators.
+package identifiers
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/berth-dev/berth/errdefs"
+)
+
+// MaxLength bounds an identifier; a 64-hex ID fits with room to spare.
+const MaxLength = 128
+
+var pattern = regexp.MustCompile(`^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`)
+
+// Validate checks id and returns an error wrapping errdefs.ErrInvalidArgument
+// that names the field (e.g. "container id") and says what is allowed.
+func Validate(field, id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%s must not be empty: %w", field, errdefs.ErrInvalidArgument)
+	case len(id) > MaxLength:
+		return fmt.Errorf("%s %.20q... is %d characters long, more than the %d allowed: %w",
+			field, id, len(id), MaxLength, errdefs.ErrInvalidArgument)
+	case !pattern.MatchString(id):
+		return fmt.Errorf("%s %q is invalid: use letters, digits and single '.', '_' or '-' between them (no '/', no '..'): %w",
+			field, id, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
