@@ -170,8 +170,10 @@ func (s *subscriber) take() []Message {
 
 // Subscribe calls fn for each message that passes filter, in order, until
 // ctx is done or fn returns an error, which Subscribe returns. fn runs on
-// the caller's goroutine, so a slow fn only slows this subscriber.
-func (x *Exchange) Subscribe(ctx context.Context, filter Filter, fn func(Message) error) error {
+// the caller's goroutine, so a slow fn only slows this subscriber. ready,
+// when not nil, is called once the subscription is registered: every event
+// published after ready is called reaches fn (or is counted as lost).
+func (x *Exchange) Subscribe(ctx context.Context, filter Filter, ready func() error, fn func(Message) error) error {
 	s := &subscriber{filter: filter, notify: make(chan struct{}, 1), limit: x.buffer}
 	x.mu.Lock()
 	x.subs[s] = struct{}{}
@@ -181,6 +183,11 @@ func (x *Exchange) Subscribe(ctx context.Context, filter Filter, fn func(Message
 		delete(x.subs, s)
 		x.mu.Unlock()
 	}()
+	if ready != nil {
+		if err := ready(); err != nil {
+			return err
+		}
+	}
 	for {
 		batch := s.take()
 		if len(batch) == 0 {

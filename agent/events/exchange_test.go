@@ -42,7 +42,7 @@ func TestDeliveryInOrderWithFilter(t *testing.T) {
 	got := make(chan Message, 100)
 	done := make(chan error, 1)
 	go func() {
-		done <- x.Subscribe(ctx, Filter{Topics: []string{"/tasks/"}}, func(m Message) error { got <- m; return nil })
+		done <- x.Subscribe(ctx, Filter{Topics: []string{"/tasks/"}}, nil, func(m Message) error { got <- m; return nil })
 	}()
 	waitSubscribers(t, x, 1)
 	nctx := namespaces.WithNamespace(ctx, "ns1")
@@ -78,7 +78,7 @@ func TestSlowSubscriberLosesEventsButNeverBlocks(t *testing.T) {
 	go func() {
 		defer close(done)
 		first := true
-		x.Subscribe(ctx, Filter{}, func(m Message) error {
+		x.Subscribe(ctx, Filter{}, nil, func(m Message) error {
 			if first {
 				first = false
 				<-release // stuck reader

@@ -1,0 +1,205 @@
+// Package config is berthd's configuration: a TOML file, whose every key is
+// documented in DefaultTOML, overridden by command-line flags.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/berth-dev/berth/errdefs"
+)
+
+// DefaultPath is where berthd looks for its config file when --config is
+// not given. A missing file at the default path means all defaults.
+const DefaultPath = "/etc/berth/config.toml"
+
+// Config is berthd's configuration.
+type Config struct {
+	Root     string `toml:"root"`
+	State    string `toml:"state"`
+	Address  string `toml:"address"`
+	LogLevel string `toml:"log_level"`
+	// LogFormat is "text" or "json".
+	LogFormat       string   `toml:"log_format"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	CgroupParent    string   `toml:"cgroup_parent"`
+	Snapshotter     string   `toml:"snapshotter"`
+	TCP             TCP      `toml:"tcp"`
+	Events          Events   `toml:"events"`
+	Logs            Logs     `toml:"logs"`
+}
+
+// TCP configures the remote listener.
+type TCP struct {
+	Address  string `toml:"address"`
+	TLSCert  string `toml:"tls_cert"`
+	TLSKey   string `toml:"tls_key"`
+	TLSCA    string `toml:"tls_ca"`
+	Insecure bool   `toml:"insecure"`
+}
+
+// Events configures the event exchange.
+type Events struct {
+	SubscriberBuffer int `toml:"subscriber_buffer"`
+}
+
+// Logs configures container log files.
+type Logs struct {
+	MaxSize  int64 `toml:"max_size"`
+	MaxFiles int   `toml:"max_files"`
+}
+
+// Duration is a time.Duration written as "10s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// DefaultTOML is the default configuration with every key documented. It is
+// what `berthd config default` prints, and Default parses it, so the
+// documentation and the defaults cannot drift apart.
+const DefaultTOML = `# berthd configuration. Every key is shown with its default value.
+# Command-line flags override the file.
+
+# root holds persistent data: meta.db, the content store, snapshots, logs.
+root = "/var/lib/berth"
+
+# state holds runtime state, gone at reboot: the socket, task bundles,
+# shim sockets.
+state = "/run/berth"
+
+# address is the Unix socket of the gRPC API (created 0660).
+address = "/run/berth/berth.sock"
+
+# log_level is one of "debug", "info", "warn", "error".
+log_level = "info"
+
+# log_format is "text" or "json".
+log_format = "text"
+
+# shutdown_timeout bounds how long SIGTERM waits for in-flight calls.
+shutdown_timeout = "10s"
+
+# cgroup_parent is the cgroup under which every container gets its own.
+cgroup_parent = "/berth"
+
+# snapshotter is "overlay", or "native" where overlay cannot mount.
+snapshotter = "overlay"
+
+[tcp]
+# address, when set ("0.0.0.0:2376"), also serves the API on TCP with
+# mutual TLS; tls_cert, tls_key and tls_ca are then required.
+address = ""
+tls_cert = ""
+tls_key = ""
+tls_ca = ""
+# insecure serves plain TCP without TLS. Anyone who can reach the port
+# then controls the host: never on a shared network.
+insecure = false
+
+[events]
+# subscriber_buffer is how many events a slow subscriber may fall behind
+# before it loses events (and is told how many).
+subscriber_buffer = 1024
+
+[logs]
+# max_size rotates a container's log file at this many bytes (10 MiB);
+# -1 disables rotation.
+max_size = 10485760
+# max_files is how many log files are kept per container, the live one
+# included.
+max_files = 3
+`
+
+// Default returns the default configuration.
+func Default() *Config {
+	c := &Config{}
+	if _, err := toml.Decode(DefaultTOML, c); err != nil {
+		panic("config: DefaultTOML does not parse: " + err.Error()) // a build defect, caught by tests
+	}
+	return c
+}
+
+// Load reads the file at path over the defaults. When explicit is false
+// and the file does not exist, the defaults are returned: a fresh host
+// needs no config file. Unknown keys are an error, so typos do not pass
+// silently.
+func Load(path string, explicit bool) (*Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !explicit {
+			return c, nil
+		}
+		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
+	if err != nil {
+		return nil, fmt.Errorf("config file %s: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		sort.Strings(keys)
+		return nil, fmt.Errorf("config file %s: unknown keys %s (see 'berthd config default'): %w",
+			path, strings.Join(keys, ", "), errdefs.ErrInvalidArgument)
+	}
+	return c, nil
+}
+
+// Validate checks the configuration after flags were applied.
+func (c *Config) Validate() error {
+	for name, p := range map[string]string{"root": c.Root, "state": c.State, "address": c.Address} {
+		if p == "" || !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path: %w", name, p, errdefs.ErrInvalidArgument)
+		}
+	}
+	if _, err := ParseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log_format %q: use \"text\" or \"json\": %w", c.LogFormat, errdefs.ErrInvalidArgument)
+	}
+	if c.Snapshotter != "overlay" && c.Snapshotter != "native" {
+		return fmt.Errorf("snapshotter %q: use \"overlay\" or \"native\": %w", c.Snapshotter, errdefs.ErrInvalidArgument)
+	}
+	if c.TCP.Address != "" && !c.TCP.Insecure && (c.TCP.TLSCert == "" || c.TCP.TLSKey == "" || c.TCP.TLSCA == "") {
+		return fmt.Errorf("tcp address %s needs tls_cert, tls_key and tls_ca (mutual TLS), or insecure = true: %w",
+			c.TCP.Address, errdefs.ErrInvalidArgument)
+	}
+	if c.ShutdownTimeout.Duration < 0 {
+		return fmt.Errorf("shutdown_timeout %s is negative: %w", c.ShutdownTimeout, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ParseLevel turns a log level name into a slog.Level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("log level %q: use debug, info, warn or error: %w", s, errdefs.ErrInvalidArgument)
+	}
+	return l, nil
+}

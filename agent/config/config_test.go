@@ -1,0 +1,64 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/errdefs"
+)
+
+func TestDefaults(t *testing.T) {
+	c := Default()
+	if c.Root != "/var/lib/berth" || c.State != "/run/berth" || c.Address != "/run/berth/berth.sock" ||
+		c.LogLevel != "info" || c.LogFormat != "text" || c.ShutdownTimeout.Duration != 10*time.Second ||
+		c.Events.SubscriberBuffer != 1024 || c.Logs.MaxFiles != 3 || c.CgroupParent != "/berth" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	if c, err := Load(path, false); err != nil || c.Root != "/var/lib/berth" {
+		t.Fatalf("missing default file: %v %v", c, err)
+	}
+	if _, err := Load(path, true); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("missing explicit file: %v", err)
+	}
+	os.WriteFile(path, []byte("root = \"/srv/berth\"\n[events]\nsubscriber_buffer = 8\n"), 0o644)
+	c, err := Load(path, true)
+	if err != nil || c.Root != "/srv/berth" || c.Events.SubscriberBuffer != 8 || c.State != "/run/berth" {
+		t.Fatalf("load: %+v %v", c, err)
+	}
+	os.WriteFile(path, []byte("roots = \"/x\"\n"), 0o644)
+	if _, err := Load(path, true); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "roots") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	os.WriteFile(path, []byte("root = \n"), 0o644)
+	if _, err := Load(path, true); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("bad toml: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for name, mut := range map[string]func(*Config){
+		"relative root": func(c *Config) { c.Root = "var/lib" },
+		"log level":     func(c *Config) { c.LogLevel = "loud" },
+		"log format":    func(c *Config) { c.LogFormat = "xml" },
+		"tcp no tls":    func(c *Config) { c.TCP.Address = "127.0.0.1:2376" },
+		"snapshotter":   func(c *Config) { c.Snapshotter = "zfs" },
+	} {
+		c := Default()
+		mut(c)
+		if err := c.Validate(); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

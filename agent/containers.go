@@ -1,0 +1,241 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/metadata/identifiers"
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+)
+
+type containersService struct {
+	berthv1.UnimplementedContainersServiceServer
+	a *Agent
+}
+
+func (s *containersService) CreateContainer(ctx context.Context, req *berthv1.CreateContainerRequest) (*berthv1.CreateContainerResponse, error) {
+	spec := req.GetSpec()
+	if spec == nil {
+		return nil, fmt.Errorf("spec is required (at least spec.image): %w", errdefs.ErrInvalidArgument)
+	}
+	spec = proto.Clone(spec).(*berthv1.ContainerSpec)
+	image, err := normalizeRef("spec.image", spec.GetImage())
+	if err != nil {
+		return nil, err
+	}
+	spec.Image = image
+	if err := validateRestartPolicy(spec.GetRestartPolicy()); err != nil {
+		return nil, err
+	}
+	c := &berthv1.Container{
+		Id:     req.GetId(),
+		Name:   req.GetName(),
+		Spec:   spec,
+		Labels: req.GetLabels(),
+		Status: &berthv1.ContainerStatus{State: berthv1.ContainerState_CONTAINER_STATE_CREATED},
+	}
+	if c.Id == "" {
+		c.Id = newID()
+	} else if err := identifiers.Validate("id", c.Id); err != nil {
+		return nil, err
+	}
+	if c.Name != "" {
+		if err := identifiers.Validate("name", c.Name); err != nil {
+			return nil, err
+		}
+		created, err := s.a.db.Containers().Create(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		c = created
+	} else {
+		// Generated names can collide; try a few, as Docker does, with a
+		// number appended after the first attempts.
+		for attempt := 0; ; attempt++ {
+			c.Name = randomName()
+			if attempt >= 3 {
+				c.Name += strconv.Itoa(attempt)
+			}
+			created, err := s.a.db.Containers().Create(ctx, c)
+			if err == nil {
+				c = created
+				break
+			}
+			if !errors.Is(err, errdefs.ErrAlreadyExists) || attempt >= 10 || strings.Contains(err.Error(), "container "+c.Id) {
+				return nil, err
+			}
+		}
+	}
+	s.a.events.Publish(ctx, "/containers/create", c.Id, map[string]string{"name": c.Name, "image": familiarRef(c.Spec.Image)})
+	return &berthv1.CreateContainerResponse{Container: c}, nil
+}
+
+func validateRestartPolicy(p *berthv1.RestartPolicy) error {
+	switch p.GetName() {
+	case "", "no", "always", "unless-stopped":
+		if p.GetMaxRetries() != 0 {
+			return fmt.Errorf("spec.restart_policy: max_retries applies only to on-failure: %w", errdefs.ErrInvalidArgument)
+		}
+	case "on-failure":
+		if p.GetMaxRetries() < 0 {
+			return fmt.Errorf("spec.restart_policy: max_retries %d is negative: %w", p.GetMaxRetries(), errdefs.ErrInvalidArgument)
+		}
+	default:
+		return fmt.Errorf("spec.restart_policy %q: use no, on-failure[:N], always or unless-stopped: %w", p.GetName(), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (s *containersService) GetContainer(ctx context.Context, req *berthv1.GetContainerRequest) (*berthv1.GetContainerResponse, error) {
+	c, err := s.a.db.Containers().Resolve(ctx, req.GetId())
+	if err != nil {
+		return nil, fieldErr("id", err)
+	}
+	return &berthv1.GetContainerResponse{Container: c}, nil
+}
+
+func (s *containersService) ListContainers(ctx context.Context, req *berthv1.ListContainersRequest) (*berthv1.ListContainersResponse, error) {
+	keep, err := containerFilter(req.GetFilter())
+	if err != nil {
+		return nil, err
+	}
+	list, err := s.a.db.Containers().List(ctx, keep)
+	if err != nil {
+		return nil, err
+	}
+	return &berthv1.ListContainersResponse{Containers: list}, nil
+}
+
+// containerFilter builds the predicate of a ListContainers filter: every
+// set field must match; within a field any value may.
+func containerFilter(f *berthv1.ContainerFilter) (func(*berthv1.Container) bool, error) {
+	if f == nil {
+		return nil, nil
+	}
+	var images []string
+	for _, ref := range f.GetImages() {
+		n, err := normalizeRef("filter.images", ref)
+		if err != nil {
+			return nil, err
+		}
+		images = append(images, n)
+	}
+	for _, n := range f.GetNames() {
+		if _, err := path.Match(n, ""); err != nil {
+			return nil, fmt.Errorf("filter.names %q: %v: %w", n, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return func(c *berthv1.Container) bool {
+		if len(f.GetIds()) > 0 && !anyMatch(f.GetIds(), func(p string) bool { return strings.HasPrefix(c.Id, p) }) {
+			return false
+		}
+		if len(f.GetNames()) > 0 && !anyMatch(f.GetNames(), func(p string) bool {
+			ok, _ := path.Match(p, c.Name)
+			return ok || strings.Contains(c.Name, p)
+		}) {
+			return false
+		}
+		for _, l := range f.GetLabels() {
+			k, v, hasValue := strings.Cut(l, "=")
+			got, ok := c.Labels[k]
+			if !ok || (hasValue && got != v) {
+				return false
+			}
+		}
+		if len(f.GetStates()) > 0 && !anyMatch(f.GetStates(), func(s berthv1.ContainerState) bool { return c.GetStatus().GetState() == s }) {
+			return false
+		}
+		if len(images) > 0 && !anyMatch(images, func(i string) bool { return c.GetSpec().GetImage() == i }) {
+			return false
+		}
+		return true
+	}, nil
+}
+
+func anyMatch[T any](list []T, match func(T) bool) bool {
+	for _, v := range list {
+		if match(v) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *containersService) UpdateContainer(ctx context.Context, req *berthv1.UpdateContainerRequest) (*berthv1.UpdateContainerResponse, error) {
+	in := req.GetContainer()
+	if in == nil {
+		return nil, fmt.Errorf("container is required: %w", errdefs.ErrInvalidArgument)
+	}
+	cur, err := s.a.db.Containers().Resolve(ctx, in.GetId())
+	if err != nil {
+		return nil, fieldErr("container.id", err)
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("update_mask names no field: give the fields to change (name, labels, spec.resources, spec.restart_policy): %w", errdefs.ErrInvalidArgument)
+	}
+	for _, p := range paths {
+		switch p {
+		case "name", "labels", "spec.resources", "spec.restart_policy":
+		default:
+			return nil, fmt.Errorf("update_mask: field %q cannot be updated (name, labels, spec.resources, spec.restart_policy can): %w", p, errdefs.ErrInvalidArgument)
+		}
+		if p == "spec.restart_policy" {
+			if err := validateRestartPolicy(in.GetSpec().GetRestartPolicy()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	upd := proto.Clone(in).(*berthv1.Container)
+	upd.Id = cur.Id
+	c, err := s.a.db.Containers().Update(ctx, upd, paths...)
+	if err != nil {
+		return nil, err
+	}
+	attrs := map[string]string{"name": c.Name}
+	if cur.Name != c.Name {
+		attrs["old_name"] = cur.Name
+	}
+	s.a.events.Publish(ctx, "/containers/update", c.Id, attrs)
+	return &berthv1.UpdateContainerResponse{Container: c}, nil
+}
+
+func (s *containersService) DeleteContainer(ctx context.Context, req *berthv1.DeleteContainerRequest) (*berthv1.DeleteContainerResponse, error) {
+	c, err := s.a.db.Containers().Resolve(ctx, req.GetId())
+	if err != nil {
+		return nil, fieldErr("id", err)
+	}
+	if err := s.a.db.Containers().Delete(ctx, c.Id); err != nil {
+		return nil, err
+	}
+	s.a.events.Publish(ctx, "/containers/delete", c.Id, map[string]string{"name": c.Name})
+	return &berthv1.DeleteContainerResponse{}, nil
+}
+
+func (s *containersService) CommitContainer(context.Context, *berthv1.CommitContainerRequest) (*berthv1.CommitContainerResponse, error) {
+	return nil, notYet("commit", "the berthctl lifecycle issue")
+}
+
+func (s *containersService) CopyFromContainer(*berthv1.CopyFromContainerRequest, berthv1.ContainersService_CopyFromContainerServer) error {
+	return notYet("copying from a container", "the berthctl lifecycle issue")
+}
+
+func (s *containersService) CopyToContainer(berthv1.ContainersService_CopyToContainerServer) error {
+	return notYet("copying into a container", "the berthctl lifecycle issue")
+}
+
+// fieldErr prefixes an invalid-argument error with the request field it
+// came from, so a client knows what to fix.
+func fieldErr(field string, err error) error {
+	if errors.Is(err, errdefs.ErrInvalidArgument) && !strings.HasPrefix(err.Error(), field) {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return err
+}

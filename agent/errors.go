@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/metadata/namespaces"
+)
+
+// toStatus maps an internal error to a gRPC status. This is the only place
+// where errdefs kinds become codes: inside berthd errors stay plain Go
+// errors wrapped with %w.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Unknown
+	switch {
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, errdefs.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, errdefs.ErrAlreadyExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, errdefs.ErrInvalidArgument):
+		code = codes.InvalidArgument
+	case errors.Is(err, errdefs.ErrFailedPrecondition):
+		code = codes.FailedPrecondition
+	case errors.Is(err, errdefs.ErrUnavailable):
+		code = codes.Unavailable
+	case errors.Is(err, errdefs.ErrNotImplemented):
+		code = codes.Unimplemented
+	case errors.Is(err, errdefs.ErrPermissionDenied):
+		code = codes.PermissionDenied
+	case errors.Is(err, errdefs.ErrUnauthenticated):
+		code = codes.Unauthenticated
+	case errors.Is(err, errdefs.ErrAborted):
+		code = codes.Aborted
+	case errors.Is(err, errdefs.ErrDataLoss):
+		code = codes.DataLoss
+	case errors.Is(err, errdefs.ErrResourceExhausted):
+		code = codes.ResourceExhausted
+	}
+	return status.Error(code, err.Error())
+}
+
+// namespaceExempt lists the services whose calls are not about objects in
+// a namespace, so the namespace need not exist for them.
+var namespaceExempt = []string{
+	"/berth.v1.NamespacesService/",
+	"/berth.v1.SystemService/",
+	"/grpc.health.v1.Health/",
+	"/grpc.reflection.",
+}
+
+// requestContext puts the request's namespace into ctx, validated. For
+// calls about namespaced objects the namespace must exist (the default one
+// springs into existence on first write).
+func (a *Agent) requestContext(ctx context.Context, method string) (context.Context, error) {
+	ns := namespaces.Default
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(namespaces.GRPCHeader); len(v) > 0 && v[0] != "" {
+			ns = v[0]
+		}
+	}
+	if err := namespaces.Validate(ns); err != nil {
+		return ctx, err
+	}
+	ctx = namespaces.WithNamespace(ctx, ns)
+	for _, p := range namespaceExempt {
+		if strings.HasPrefix(method, p) {
+			return ctx, nil
+		}
+	}
+	if ns != namespaces.Default {
+		if _, err := a.db.Namespaces().Get(ctx, ns); err != nil {
+			return ctx, err
+		}
+	}
+	return ctx, nil
+}
+
+func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := a.requestContext(ctx, info.FullMethod)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp, err := handler(ctx, req)
+	if err != nil {
+		a.logCallError(info.FullMethod, err)
+	}
+	return resp, toStatus(err)
+}
+
+type serverStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *serverStream) Context() context.Context { return s.ctx }
+
+func (a *Agent) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := a.requestContext(ss.Context(), info.FullMethod)
+	if err != nil {
+		return toStatus(err)
+	}
+	err = handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		a.logCallError(info.FullMethod, err)
+	}
+	return toStatus(err)
+}
+
+// logCallError logs failures the client may not report: internal errors
+// at error level, the client's own mistakes at debug.
+func (a *Agent) logCallError(method string, err error) {
+	level := slog.LevelError
+	for _, kind := range []error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrInvalidArgument,
+		errdefs.ErrFailedPrecondition, errdefs.ErrNotImplemented, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, kind) {
+			level = slog.LevelDebug
+			break
+		}
+	}
+	a.log.Log(context.Background(), level, "call failed", "method", method, "error", err)
+}
