@@ -27,6 +27,7 @@ import (
 	"github.com/berth-dev/berth/agent/events"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
+	"github.com/berth-dev/berth/metadata/namespaces"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -67,6 +68,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		lock.Close()
 		return nil, err
+	}
+	// The default namespace always exists, so `namespace ls` shows where
+	// objects go when a client names none.
+	if _, err := db.Namespaces().Get(context.Background(), namespaces.Default); errdefs.IsNotFound(err) {
+		_, err = db.Namespaces().Create(context.Background(), namespaces.Default, nil)
+		if err != nil && !errdefs.IsAlreadyExists(err) {
+			db.Close()
+			lock.Close()
+			return nil, err
+		}
 	}
 	a := &Agent{
 		cfg:    cfg,

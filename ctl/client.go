@@ -1,0 +1,155 @@
+// Package ctl is berthctl: Docker's command habits over Berth's gRPC API.
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/berth-dev/berth/metadata/namespaces"
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+)
+
+// DefaultAddress is where berthd listens unless told otherwise.
+const DefaultAddress = "unix:///run/berth/berth.sock"
+
+// Client holds one connection to berthd and a stub per service.
+type Client struct {
+	conn    *grpc.ClientConn
+	display string // the address as the user knows it, for errors
+
+	System     berthv1.SystemServiceClient
+	Namespaces berthv1.NamespacesServiceClient
+	Containers berthv1.ContainersServiceClient
+	Images     berthv1.ImagesServiceClient
+	Tasks      berthv1.TasksServiceClient
+	Events     berthv1.EventsServiceClient
+	Networks   berthv1.NetworksServiceClient
+}
+
+// parseAddress turns "unix:///path", "/path" or "tcp://host:port" into a
+// gRPC target and the form shown to users.
+func parseAddress(addr string) (target, display string, err error) {
+	switch {
+	case strings.HasPrefix(addr, "unix://"):
+		p := strings.TrimPrefix(addr, "unix://")
+		if p == "" {
+			return "", "", fmt.Errorf("address %q has no socket path", addr)
+		}
+		return "unix://" + p, p, nil
+	case strings.HasPrefix(addr, "tcp://"):
+		hp := strings.TrimPrefix(addr, "tcp://")
+		if _, _, err := net.SplitHostPort(hp); err != nil {
+			return "", "", fmt.Errorf("address %q: want tcp://host:port", addr)
+		}
+		return "dns:///" + hp, hp, nil
+	case strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "."):
+		return "unix://" + addr, addr, nil
+	}
+	return "", "", fmt.Errorf("address %q: use unix:///path/to/berth.sock, a socket path, or tcp://host:port", addr)
+}
+
+// Dial connects lazily: nothing is sent until the first call, whose
+// failure to connect is then reported as ErrNoDaemon by Explain.
+func Dial(addr, namespace string) (*Client, error) {
+	target, display, err := parseAddress(addr)
+	if err != nil {
+		return nil, err
+	}
+	if namespace == "" {
+		namespace = namespaces.Default
+	}
+	withNS := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, namespaces.GRPCHeader, namespace)
+	}
+	conn, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(withNS(ctx), method, req, reply, cc, opts...)
+		}),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(withNS(ctx), desc, cc, method, opts...)
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		conn: conn, display: display,
+		System:     berthv1.NewSystemServiceClient(conn),
+		Namespaces: berthv1.NewNamespacesServiceClient(conn),
+		Containers: berthv1.NewContainersServiceClient(conn),
+		Images:     berthv1.NewImagesServiceClient(conn),
+		Tasks:      berthv1.NewTasksServiceClient(conn),
+		Events:     berthv1.NewEventsServiceClient(conn),
+		Networks:   berthv1.NewNetworksServiceClient(conn),
+	}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// ErrNoDaemon is reported when berthd cannot be reached at all.
+var ErrNoDaemon = errors.New("cannot connect to berthd")
+
+// Explain turns a gRPC error into what a user should read: the agent's
+// message without the RPC wrapping, or a plain sentence when the agent is
+// not there at all.
+func (c *Client) Explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok || st.Code() == codes.OK {
+		return err
+	}
+	if st.Code() == codes.Unavailable && isDialFailure(st.Message()) {
+		return fmt.Errorf("%w at %s: is it running?", ErrNoDaemon, c.display)
+	}
+	return &APIError{Code: st.Code(), Message: st.Message()}
+}
+
+func isDialFailure(msg string) bool {
+	for _, s := range []string{"connection refused", "no such file or directory", "connection error", "dial", "permission denied", "no route", "i/o timeout"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// APIError is an error the agent answered with.
+type APIError struct {
+	Code    codes.Code
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return "Error response from berthd: " + e.Message
+}
+
+// timeout is the deadline of short calls, so a wedged agent does not hang
+// the CLI forever.
+const timeout = 30 * time.Second
+
+func shortContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, timeout)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

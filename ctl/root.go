@@ -1,0 +1,157 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes, Docker's: a container's own code passes through; these are
+// berthctl's.
+const (
+	// ExitError is a failed berthctl command (Docker's 1).
+	ExitError = 1
+	// ExitUsage is an unknown command or flag (Docker's 125 for run, 1
+	// elsewhere; cobra usage errors map here).
+	ExitUsage = 125
+)
+
+// CLI carries the global flags and the lazily dialled client.
+type CLI struct {
+	Address   string
+	Namespace string
+	Out       io.Writer
+	Err       io.Writer
+
+	client *Client
+}
+
+// Client dials berthd on first use.
+func (c *CLI) Client() (*Client, error) {
+	if c.client != nil {
+		return c.client, nil
+	}
+	cl, err := Dial(c.Address, c.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	c.client = cl
+	return cl, nil
+}
+
+// Close closes the connection, if one was made.
+func (c *CLI) Close() {
+	if c.client != nil {
+		c.client.Close()
+	}
+}
+
+// explain makes an API error readable; see Client.Explain.
+func (c *CLI) explain(err error) error {
+	if c.client == nil {
+		return err
+	}
+	return c.client.Explain(err)
+}
+
+// usageError marks errors in how berthctl was called.
+type usageError struct{ error }
+
+// NewRootCommand builds berthctl.
+func NewRootCommand(c *CLI) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "berthctl",
+		Short:         "Berth's command line: containers and images, the Docker way",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		CompletionOptions: cobra.CompletionOptions{
+			HiddenDefaultCmd: false,
+		},
+	}
+	root.SetOut(c.Out)
+	root.SetErr(c.Err)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w\nSee '%s --help'", err, cmd.CommandPath())}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVarP(&c.Address, "address", "a", envOr("BERTH_ADDRESS", DefaultAddress), "berthd address: unix:///path, a socket path, or tcp://host:port (env BERTH_ADDRESS)")
+	pf.StringVarP(&c.Namespace, "namespace", "n", envOr("BERTH_NAMESPACE", "default"), "namespace (env BERTH_NAMESPACE)")
+	root.AddCommand(
+		newVersionCommand(c),
+		newInfoCommand(c),
+		newNamespaceCommand(c),
+		newEventsCommand(c),
+	)
+	return root
+}
+
+// Main runs berthctl with args and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	c := &CLI{Out: stdout, Err: stderr}
+	defer c.Close()
+	root := NewRootCommand(c)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	if err == nil {
+		return 0
+	}
+	var ue usageError
+	if errors.As(err, &ue) || isCobraUsage(err) {
+		fmt.Fprintln(stderr, "berthctl:", err)
+		return ExitUsage
+	}
+	var ec exitCode
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
+	fmt.Fprintln(stderr, c.explain(err))
+	return ExitError
+}
+
+// exitCode ends berthctl with a given code and no message (the container's
+// exit code, for run and wait).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func isCobraUsage(err error) bool {
+	msg := strings.ToLower(err.Error())
+	// Flag errors come through SetFlagErrorFunc; only these reach here
+	// unwrapped from cobra itself.
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "flag needs an argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// args checks the number of positional arguments as cobra's validators do,
+// but reports a usage error (exit 125) that points at --help.
+func args(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		if len(a) < min || (max >= 0 && len(a) > max) {
+			want := fmt.Sprintf("%d", min)
+			switch {
+			case max < 0:
+				want = fmt.Sprintf("at least %d", min)
+			case max != min:
+				want = fmt.Sprintf("%d to %d", min, max)
+			}
+			return usageError{fmt.Errorf("%q requires %s argument(s), got %d\nSee '%s --help'.\n\nUsage:  %s",
+				cmd.CommandPath(), want, len(a), cmd.CommandPath(), cmd.UseLine())}
+		}
+		return nil
+	}
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+// Run is berthctl's main.
+func Run() { os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr)) }
