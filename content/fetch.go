@@ -261,7 +261,9 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 			if cerr := ctx.Err(); cerr != nil {
 				return fmt.Errorf("blob %s: %w", desc.Digest, cerr)
 			}
-			return fmt.Errorf("blob %s: read at byte %d: %w", desc.Digest, w.Status().Offset, rerr)
+			// Retryable by the caller: the ingest keeps what arrived.
+			return fmt.Errorf("blob %s: read at byte %d (the ingest is kept for a resume): %w: %w",
+				desc.Digest, w.Status().Offset, rerr, errdefs.ErrUnavailable)
 		}
 	}
 }
