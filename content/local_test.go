@@ -53,7 +53,7 @@ func TestRefusedCommitLeavesNothingOnDisk(t *testing.T) {
 	b, desc := contenttest.Blob(t, 5000)
 	for _, bad := range []content.Descriptor{
 		{Digest: digest.SHA256.FromString("other"), Size: desc.Size}, // wrong digest
-		{Digest: desc.Digest, Size: desc.Size + 1},                    // wrong size
+		{Digest: desc.Digest, Size: desc.Size + 1},                   // wrong size
 	} {
 		w, err := s.Writer(ctx, "ref", bad)
 		if err != nil {
