@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -198,7 +199,7 @@ func (s *LocalStore) download(ctx context.Context, desc Descriptor, open OpenFun
 // downloadOnce resumes or starts the ingest and fills it. resumed reports
 // whether it continued from data already on disk.
 func (s *LocalStore) downloadOnce(ctx context.Context, desc Descriptor, open OpenFunc, current *atomic.Int64) (resumed bool, err error) {
-	w, err := s.waitWriter(ctx, desc.Digest.String(), desc)
+	w, err := OpenWriter(ctx, s, desc.Digest.String(), desc)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		return false, nil
 	} else if err != nil {
@@ -227,10 +228,13 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 	if err != nil {
 		return fmt.Errorf("blob %s: open at offset %d: %w", desc.Digest, offset, err)
 	}
-	defer rc.Close()
 	// A reader that ignores cancellation would pin this goroutine; closing
-	// it unblocks the Read.
-	stop := context.AfterFunc(ctx, func() { rc.Close() })
+	// it unblocks the Read. Once is for open functions whose readers do not
+	// like a second Close.
+	var closeOnce sync.Once
+	closeRC := func() { closeOnce.Do(func() { rc.Close() }) }
+	defer closeRC()
+	stop := context.AfterFunc(ctx, closeRC)
 	defer stop()
 
 	if start != offset {
@@ -268,12 +272,15 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 	}
 }
 
-// waitWriter opens a Writer, waiting while another one (a flight that is
-// winding down, or another process) holds the ingest.
-func (s *LocalStore) waitWriter(ctx context.Context, ref string, desc Descriptor) (Writer, error) {
+// OpenWriter is Ingester.Writer for callers that would rather wait than
+// fail while another Writer (in this process or another) holds ref: it
+// retries with backoff until it gets the ingest or ctx ends. The ingest it
+// gets may have been advanced or committed by the previous holder, so
+// callers check Status().Offset and ErrAlreadyExists as usual.
+func OpenWriter(ctx context.Context, ing Ingester, ref string, desc Descriptor) (Writer, error) {
 	delay := 10 * time.Millisecond
 	for {
-		w, err := s.Writer(ctx, ref, desc)
+		w, err := ing.Writer(ctx, ref, desc)
 		if !errors.Is(err, errdefs.ErrUnavailable) {
 			return w, err
 		}

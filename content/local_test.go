@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -216,5 +217,41 @@ func TestResumeAfterKill(t *testing.T) {
 	}
 	if !bytes.Equal(contenttest.ReadAll(t, s, desc), b) {
 		t.Fatal("blob differs")
+	}
+}
+
+func TestOpenWriterWaitsForTheHolder(t *testing.T) {
+	ctx := context.Background()
+	s := newLocal(t, t.TempDir())
+	b, desc := contenttest.Blob(t, 1000)
+	held, err := s.Writer(ctx, "ref", desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.Write(b[:300])
+
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := content.OpenWriter(short, s, "ref", desc); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenWriter while held, short deadline: %v, want DeadlineExceeded", err)
+	}
+
+	got := make(chan content.Writer, 1)
+	go func() {
+		w, err := content.OpenWriter(ctx, s, "ref", desc)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- w
+	}()
+	time.Sleep(30 * time.Millisecond)
+	held.Close()
+	w := <-got
+	if w == nil {
+		return
+	}
+	defer w.Close()
+	if off := w.Status().Offset; off != 300 {
+		t.Fatalf("waiting writer resumed at %d, want 300", off)
 	}
 }

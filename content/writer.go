@@ -105,6 +105,8 @@ func (s *LocalStore) Writer(ctx context.Context, ref string, desc Descriptor) (W
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		// ingest/ itself is not fsynced after the mkdir: a power cut can
+		// lose a new ingest, which costs a re-download, never a wrong blob.
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("ingest %q: %w", ref, err)
 		}
