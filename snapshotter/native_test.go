@@ -1,0 +1,35 @@
+package snapshotter_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/berth-dev/berth/snapshotter"
+	"github.com/berth-dev/berth/snapshotter/snaptest"
+)
+
+func newNative(tb testing.TB, root string) snapshotter.Snapshotter {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("native snapshotter tests mount and chown: need root")
+	}
+	sn, err := snapshotter.NewNative(root)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sn
+}
+
+func TestNative(t *testing.T) {
+	snaptest.Run(t, newNative)
+}
+
+func BenchmarkNativePrepareCommit(b *testing.B) {
+	snaptest.BenchmarkPrepareCommit(b, newNative)
+}
+
+// BenchmarkNativePrepareOn1000Files is the cost of the copy Native makes for
+// every Active snapshot.
+func BenchmarkNativePrepareOn1000Files(b *testing.B) {
+	snaptest.BenchmarkPrepareOnLargeParent(b, newNative, 1000)
+}
