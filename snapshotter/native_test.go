@@ -1,6 +1,7 @@
 package snapshotter_test
 
 import (
+	"log/slog"
 	"os"
 	"testing"
 
@@ -13,7 +14,7 @@ func newNative(tb testing.TB, root string) snapshotter.Snapshotter {
 	if os.Geteuid() != 0 {
 		tb.Skip("native snapshotter tests mount and chown: need root")
 	}
-	sn, err := snapshotter.NewNative(root)
+	sn, err := snapshotter.NewNative(root, snapshotter.WithLogger(testLogger(tb)))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -32,4 +33,10 @@ func BenchmarkNativePrepareCommit(b *testing.B) {
 // every Active snapshot.
 func BenchmarkNativePrepareOn1000Files(b *testing.B) {
 	snaptest.BenchmarkPrepareOnLargeParent(b, newNative, 1000)
+}
+
+// testLogger sends the snapshotter's logs to the test's output, so they show
+// with the test that caused them and only when it fails or runs with -v.
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tb.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -20,7 +20,7 @@ func newOverlay(tb testing.TB, root string) snapshotter.Snapshotter {
 	if err := snapshotter.Supported(root); err != nil {
 		tb.Skipf("overlay not usable here: %v", err)
 	}
-	sn, err := snapshotter.NewOverlay(root)
+	sn, err := snapshotter.NewOverlay(root, snapshotter.WithLogger(testLogger(tb)))
 	if err != nil {
 		tb.Fatal(err)
 	}
