@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
 )
@@ -213,12 +214,11 @@ func (c *core) create(ctx context.Context, kind Kind, key, parent string, opts [
 		}
 	}
 	t := now()
-	r := record{Info: Info{Kind: kind, Name: key, Parent: parent, Created: t, Updated: t}}
-	for _, opt := range opts {
-		if err := opt(&r.Info); err != nil {
-			return nil, fmt.Errorf("snapshot %q: %w", key, err)
-		}
+	labels, err := applyOpts(nil, opts)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %q: %w", key, err)
 	}
+	r := record{Info: Info{Kind: kind, Name: key, Parent: parent, Labels: labels, Created: t, Updated: t}}
 
 	c.gc.RLock()
 	defer c.gc.RUnlock()
@@ -279,7 +279,20 @@ func (c *core) create(ctx context.Context, kind Kind, key, parent string, opts [
 			return err
 		}
 		dir := c.dir(id)
-		if err := os.Rename(tmp, dir); err != nil {
+		err = os.Rename(tmp, dir)
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			// A crash after an earlier rename but before its transaction
+			// committed leaves <id> behind while the sequence is rolled
+			// back. No metadata can name an ID the sequence has not passed,
+			// so the directory is an orphan: clear it rather than fail every
+			// Prepare until the next Cleanup.
+			c.log.Info("removing orphan snapshot directory in the way of a new snapshot", "dir", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				return fmt.Errorf("snapshot %q: remove orphan directory %s: %w", key, dir, err)
+			}
+			err = os.Rename(tmp, dir)
+		}
+		if err != nil {
 			return fmt.Errorf("snapshot %q: rename %s to %s: %w", key, tmp, dir, err)
 		}
 		renamed = dir
@@ -296,6 +309,18 @@ func (c *core) create(ctx context.Context, kind Kind, key, parent string, opts [
 	renamed = ""
 	c.log.Debug("snapshot created", "key", key, "kind", kind.String(), "parent", parent, "id", r.id)
 	return mounts, nil
+}
+
+// applyOpts runs opts on a scratch Info holding labels and keeps only the
+// labels, so an Opt cannot change a snapshot's kind, name or parent.
+func applyOpts(labels map[string]string, opts []Opt) (map[string]string, error) {
+	scratch := Info{Labels: labels}
+	for _, opt := range opts {
+		if err := opt(&scratch); err != nil {
+			return nil, err
+		}
+	}
+	return scratch.Labels, nil
 }
 
 // parentChain validates parent for a new snapshot key and returns the IDs
@@ -359,12 +384,11 @@ func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error 
 			return err
 		}
 		t := now()
-		committed := record{Info: Info{Kind: KindCommitted, Name: name, Parent: cur.Parent, Labels: cur.Labels, Created: t, Updated: t}, id: cur.id, usage: usage}
-		for _, opt := range opts {
-			if err := opt(&committed.Info); err != nil {
-				return fmt.Errorf("commit snapshot %q: %w", key, err)
-			}
+		labels, err := applyOpts(cur.Labels, opts)
+		if err != nil {
+			return fmt.Errorf("commit snapshot %q: %w", key, err)
 		}
+		committed := record{Info: Info{Kind: KindCommitted, Name: name, Parent: cur.Parent, Labels: labels, Created: t, Updated: t}, id: cur.id, usage: usage}
 		return putRecord(tx, committed)
 	})
 	if err != nil {

@@ -237,7 +237,9 @@ func MountAll(mounts []Mount, target string) error {
 // goes. A target with nothing mounted is not an error, so Unmount is safe in
 // cleanup paths.
 func Unmount(target string) error {
-	for {
+	// Bounded so a target that keeps reporting success (a propagation
+	// loop) cannot spin forever.
+	for i := 0; i < 64; i++ {
 		err := unmountOnce(target)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil // not a mount point (any more), or gone
@@ -246,6 +248,7 @@ func Unmount(target string) error {
 			return fmt.Errorf("unmount %q: %w", target, err)
 		}
 	}
+	return fmt.Errorf("unmount %q: still mounted after 64 unmounts: %w", target, errdefs.ErrFailedPrecondition)
 }
 
 func unmountOnce(target string) error {

@@ -54,6 +54,7 @@ func Run(t *testing.T, newSn NewFunc) {
 		{"WalkAndList", testWalk},
 		{"Reopen", testReopen},
 		{"Cleanup", testCleanup},
+		{"OrphanInTheWayOfNewID", testOrphanNextID},
 		{"InvalidKeys", testInvalidKeys},
 		{"OddKeysNeverPaths", testOddKeys},
 		{"ConcurrentPrepare", testConcurrent},
@@ -802,4 +803,24 @@ func testClosed(t *testing.T, sn snapshotter.Snapshotter, root string, _ NewFunc
 	if _, err := sn.List(ctx); err == nil {
 		t.Error("list after close succeeded")
 	}
+}
+
+// testOrphanNextID plants what a crash between a Prepare's rename and its
+// metadata commit leaves: a directory named by the ID the next Prepare will
+// get (IDs are decimal, allocated from 1). Prepare must succeed anyway and
+// must not show the orphan's content.
+func testOrphanNextID(t *testing.T, sn snapshotter.Snapshotter, root string, _ NewFunc) {
+	ctx := context.Background()
+	if _, err := sn.Prepare(ctx, "first", ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 4; i++ {
+		writeFile(t, filepath.Join(root, "snapshots", strconv.Itoa(i)), "fs/junk", "x")
+	}
+	mounts, err := sn.Prepare(ctx, "second", "")
+	if err != nil {
+		t.Fatalf("prepare with an orphan in the way: %v", err)
+	}
+	d, _ := mountT(t, mounts)
+	checkAbsent(t, d, "junk")
 }
