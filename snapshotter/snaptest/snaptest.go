@@ -315,7 +315,7 @@ func testMetadataPreserved(t *testing.T, sn snapshotter.Snapshotter, root string
 		must(os.Mkdir(p("dir"), 0o750))
 		must(os.WriteFile(p("dir/suid"), []byte("#!"), 0o600))
 		must(os.Chown(p("dir/suid"), 1000, 1001))
-		must(os.Chmod(p("dir/suid"), 0o4755))
+		must(unix.Chmod(p("dir/suid"), 0o4755)) // os.Chmod would drop the raw setuid bit
 		must(unix.Lsetxattr(p("dir/suid"), "user.berth", []byte("v"), 0))
 		must(os.Symlink("../escape/target", p("dir/link")))
 		must(unix.Lchown(p("dir/link"), 7, 8))
@@ -330,6 +330,9 @@ func testMetadataPreserved(t *testing.T, sn snapshotter.Snapshotter, root string
 		}
 		for _, n := range names {
 			want[n] = lmeta(t, p(n))
+		}
+		if want["dir/suid"].mode&unix.S_ISUID == 0 || want["dir/sticky"].mode&unix.S_ISVTX == 0 {
+			t.Fatalf("test setup lost setuid or sticky: %+v", want)
 		}
 	})
 	mounts, err := sn.Prepare(ctx, "child", layerKey("meta"))
