@@ -372,6 +372,14 @@ func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error 
 	if err != nil {
 		return fmt.Errorf("commit snapshot %q: usage: %w", key, err)
 	}
+	// The image code skips a layer whose chain ID exists, so a Committed
+	// snapshot must be complete even after a power loss: flush the
+	// filesystem before the metadata says so. syncfs flushes the whole
+	// filesystem, but right after an unpack the dirty data is mostly this
+	// snapshot's.
+	if err := syncFS(filepath.Join(c.dir(r.id), "fs")); err != nil {
+		return fmt.Errorf("commit snapshot %q: %w", key, err)
+	}
 	err = c.db.Update(func(tx *bolt.Tx) error {
 		cur, err := getRecord(tx, key)
 		if err != nil {
@@ -533,6 +541,19 @@ func syncDir(dir string) error {
 	defer f.Close()
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// syncFS flushes the filesystem that holds dir.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
 	}
 	return nil
 }

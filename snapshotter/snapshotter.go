@@ -39,7 +39,10 @@
 // numeric ID inside the bbolt transaction that records it; Remove deletes the
 // metadata in one transaction before it deletes the directory. A crash at any
 // point therefore leaves at worst a directory that no metadata references,
-// never metadata that points to a missing or half-built directory. Cleanup
+// never metadata that points to a missing or half-built directory. Commit
+// flushes the snapshot's filesystem (syncfs) before recording it as
+// Committed, so a committed layer survives a power loss complete; an Active
+// snapshot's content carries no such promise. Cleanup
 // deletes such orphans; garbage collection calls it after its sweep.
 //
 // # On disk
@@ -71,6 +74,7 @@ type Kind uint8
 // The kinds of snapshot. The zero value is deliberately not a kind so that a
 // missing field in stored metadata is caught rather than read as a kind.
 const (
+	// KindUnknown is the zero Kind, never stored.
 	KindUnknown Kind = iota
 	// KindView is read-only and cannot be committed.
 	KindView
