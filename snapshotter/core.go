@@ -113,6 +113,9 @@ func (c *core) Stat(ctx context.Context, key string) (Info, error) {
 	if err := c.check(); err != nil {
 		return Info{}, err
 	}
+	if err := ValidateKey(key); err != nil {
+		return Info{}, err
+	}
 	var r record
 	err := c.db.View(func(tx *bolt.Tx) error {
 		var err error
@@ -125,6 +128,9 @@ func (c *core) Stat(ctx context.Context, key string) (Info, error) {
 // Usage returns the space used by the snapshot itself, without its parents.
 func (c *core) Usage(ctx context.Context, key string) (Usage, error) {
 	if err := c.check(); err != nil {
+		return Usage{}, err
+	}
+	if err := ValidateKey(key); err != nil {
 		return Usage{}, err
 	}
 	var r record
@@ -148,6 +154,9 @@ func (c *core) Usage(ctx context.Context, key string) (Usage, error) {
 // Mounts returns the mounts of an Active or View snapshot.
 func (c *core) Mounts(ctx context.Context, key string) ([]Mount, error) {
 	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if err := ValidateKey(key); err != nil {
 		return nil, err
 	}
 	var (
@@ -175,6 +184,9 @@ func (c *core) Mounts(ctx context.Context, key string) ([]Mount, error) {
 // copy). See WritableDirer.
 func (c *core) WritableDir(ctx context.Context, key string) (string, error) {
 	if err := c.check(); err != nil {
+		return "", err
+	}
+	if err := ValidateKey(key); err != nil {
 		return "", err
 	}
 	var r record

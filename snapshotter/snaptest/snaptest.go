@@ -666,6 +666,12 @@ func testInvalidKeys(t *testing.T, sn snapshotter.Snapshotter, root string, _ Ne
 		}
 		wantErr(t, sn.Commit(ctx, k, "active"), errdefs.ErrInvalidArgument, "commit as "+what)
 		wantErr(t, sn.Remove(ctx, k), errdefs.ErrInvalidArgument, "remove "+what)
+		_, err = sn.Stat(ctx, k)
+		wantErr(t, err, errdefs.ErrInvalidArgument, "stat "+what)
+		_, err = sn.Mounts(ctx, k)
+		wantErr(t, err, errdefs.ErrInvalidArgument, "mounts "+what)
+		_, err = sn.Usage(ctx, k)
+		wantErr(t, err, errdefs.ErrInvalidArgument, "usage "+what)
 	}
 	if _, err := sn.Prepare(ctx, strings.Repeat("k", snapshotter.MaxKeyLen), ""); err != nil {
 		t.Errorf("key of MaxKeyLen refused: %v", err)
