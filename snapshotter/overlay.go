@@ -88,7 +88,7 @@ func lowerdirs(parents []string) string {
 // module check is not enough: overlay refuses some upper filesystems, e.g.
 // overlay itself). The error wraps ErrNotImplemented when overlay does not
 // work and says why.
-func Supported(root string) (retErr error) {
+func Supported(root string) error {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return fmt.Errorf("overlay check: %w", err)
 	}
@@ -96,11 +96,15 @@ func Supported(root string) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("overlay check: %w", err)
 	}
-	defer func() {
-		if err := os.RemoveAll(tmp); err != nil && retErr == nil {
-			retErr = fmt.Errorf("overlay check: clean up: %w", err)
-		}
-	}()
+	err = tryOverlay(root, tmp)
+	if rerr := os.RemoveAll(tmp); rerr != nil && err == nil {
+		err = fmt.Errorf("overlay check: clean up: %w", rerr)
+	}
+	return err
+}
+
+// tryOverlay mounts and unmounts a two-layer overlay with an upper dir in tmp.
+func tryOverlay(root, tmp string) error {
 	for _, d := range []string{"l1", "l2", "upper", "work", "merged"} {
 		if err := os.Mkdir(filepath.Join(tmp, d), 0o700); err != nil {
 			return fmt.Errorf("overlay check: %w", err)
@@ -124,3 +128,12 @@ func Supported(root string) (retErr error) {
 	}
 	return nil
 }
+
+// Both implementations satisfy the interfaces the agent and the layer
+// applier use.
+var (
+	_ Snapshotter   = (*Overlay)(nil)
+	_ WritableDirer = (*Overlay)(nil)
+	_ Snapshotter   = (*Native)(nil)
+	_ WritableDirer = (*Native)(nil)
+)
