@@ -1,0 +1,158 @@
+package snapshotter_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/berth-dev/berth/snapshotter"
+	"github.com/berth-dev/berth/snapshotter/snaptest"
+)
+
+func newOverlay(tb testing.TB, root string) snapshotter.Snapshotter {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("overlay needs root")
+	}
+	if err := snapshotter.Supported(root); err != nil {
+		tb.Skipf("overlay not usable here: %v", err)
+	}
+	sn, err := snapshotter.NewOverlay(root, snapshotter.WithLogger(testLogger(tb)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return sn
+}
+
+func TestOverlay(t *testing.T) {
+	snaptest.Run(t, newOverlay)
+}
+
+func TestOverlaySupported(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	root := t.TempDir()
+	if err := snapshotter.Supported(root); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 0 {
+		t.Errorf("Supported left %v behind", entries)
+	}
+}
+
+// TestOverlayMountShapes pins the mounts per kind and chain depth, which the
+// runtime and the layer applier rely on.
+func TestOverlayMountShapes(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	sn := newOverlay(t, root)
+	t.Cleanup(func() { _ = sn.Close() })
+	snaps := filepath.Join(root, "snapshots")
+	prep := func(key, parent string) []snapshotter.Mount {
+		t.Helper()
+		m, err := sn.Prepare(ctx, key, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	view := func(key, parent string) []snapshotter.Mount {
+		t.Helper()
+		m, err := sn.View(ctx, key, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	commit := func(name, key string) {
+		t.Helper()
+		if err := sn.Commit(ctx, name, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := func(m []snapshotter.Mount) string {
+		return strings.ReplaceAll(strings.Join(append([]string{m[0].Type, m[0].Source}, m[0].Options...), " "), snaps+"/", "")
+	}
+	check := func(what string, m []snapshotter.Mount, want string) {
+		t.Helper()
+		if len(m) != 1 || s(m) != want {
+			t.Errorf("%s: got %+v, want %q", what, m, want)
+		}
+	}
+	check("active base", prep("a1", ""), "bind 1/fs rbind rw")
+	commit("l1", "a1")
+	check("view of one", view("v1", "l1"), "bind 1/fs rbind ro")
+	check("active on one", prep("a2", "l1"), "overlay overlay lowerdir=1/fs upperdir=3/fs workdir=3/work")
+	commit("l2", "a2")
+	check("view of two", view("v2", "l2"), "overlay overlay ro lowerdir=3/fs:1/fs")
+	check("empty view", view("v0", ""), "bind 5/fs rbind ro")
+}
+
+// TestOverlayDeepChain stacks enough layers that the absolute lowerdir list
+// exceeds a page, so Mount must fall back to relative paths.
+func TestOverlayDeepChain(t *testing.T) {
+	ctx := context.Background()
+	// A long root makes every lowerdir entry long.
+	root := filepath.Join(t.TempDir(), strings.Repeat("r", 100))
+	sn := newOverlay(t, root)
+	t.Cleanup(func() { _ = sn.Close() })
+	const depth = 60
+	parent := ""
+	for i := 0; i < depth; i++ {
+		key := "a" + strconv.Itoa(i)
+		mounts, err := sn.Prepare(ctx, key, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := snapshotter.WritableDirOf(mounts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)), []byte(strconv.Itoa(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "top"), []byte(strconv.Itoa(i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		parent = "l" + strconv.Itoa(i)
+		if err := sn.Commit(ctx, parent, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mounts, err := sn.Prepare(ctx, "top", parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Join(mounts[0].Options, ",")); n < os.Getpagesize() {
+		t.Fatalf("options are %d bytes; the test needs more than a page", n)
+	}
+	target := t.TempDir()
+	if err := snapshotter.MountAll(mounts, target); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = snapshotter.Unmount(target) })
+	for _, f := range []string{"f0", "f" + strconv.Itoa(depth-1), "top"} {
+		if _, err := os.Stat(filepath.Join(target, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, "top")); string(b) != strconv.Itoa(depth-1) {
+		t.Errorf("top = %q, want the topmost layer's %d", b, depth-1)
+	}
+	wd, _ := os.Getwd()
+	if !strings.HasSuffix(wd, "snapshotter") {
+		t.Errorf("process working directory changed to %s", wd)
+	}
+}
+
+func BenchmarkOverlayPrepareCommit(b *testing.B) {
+	snaptest.BenchmarkPrepareCommit(b, newOverlay)
+}
+
+func BenchmarkOverlayPrepareOn1000Files(b *testing.B) {
+	snaptest.BenchmarkPrepareOnLargeParent(b, newOverlay, 1000)
+}
