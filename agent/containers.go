@@ -173,10 +173,6 @@ func (s *containersService) UpdateContainer(ctx context.Context, req *berthv1.Up
 	if in == nil {
 		return nil, fmt.Errorf("container is required: %w", errdefs.ErrInvalidArgument)
 	}
-	cur, err := s.a.db.Containers().Resolve(ctx, in.GetId())
-	if err != nil {
-		return nil, fieldErr("container.id", err)
-	}
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("update_mask names no field: give the fields to change (name, labels, spec.resources, spec.restart_policy): %w", errdefs.ErrInvalidArgument)
@@ -192,6 +188,10 @@ func (s *containersService) UpdateContainer(ctx context.Context, req *berthv1.Up
 				return nil, err
 			}
 		}
+	}
+	cur, err := s.a.db.Containers().Resolve(ctx, in.GetId())
+	if err != nil {
+		return nil, fieldErr("container.id", err)
 	}
 	upd := proto.Clone(in).(*berthv1.Container)
 	upd.Id = cur.Id
