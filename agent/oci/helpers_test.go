@@ -90,7 +90,7 @@ func equal[T comparable](t *testing.T, what string, got, want []T) {
 	}
 }
 
-func writeFile(t *testing.T, name, data string) {
+func writeFile(t testing.TB, name, data string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -263,10 +264,18 @@ func checkSysctl(key string, hostNetwork bool) error {
 }
 
 // sysctlExists tells whether the host kernel has a sysctl; runtimes fail
-// on an unknown one, so defaults are only added where they exist.
+// on an unknown one, so defaults are only added where they exist. Only a
+// couple of keys are ever asked and the answer does not change while the
+// agent runs, so it is remembered.
 var sysctlExists = func(key string) bool {
+	if v, ok := sysctlSeen.Load(key); ok {
+		return v.(bool)
+	}
 	_, err := os.Stat("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
+	sysctlSeen.Store(key, err == nil)
 	return err == nil
 }
+
+var sysctlSeen sync.Map
 
 var numCPU = runtime.NumCPU

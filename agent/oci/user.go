@@ -1,7 +1,7 @@
 package oci
 
 import (
-	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -69,9 +69,15 @@ func resolveUser(rootfs, spec string, groupAdd []string) (resolvedUser, error) {
 		groups []groupEntry
 		err    error
 	)
-	// Reading passwd only matters for names and for a uid's home group;
-	// the files are small and reading both keeps the logic in one place.
-	if passwd, err = readPasswd(rootfs); err != nil {
+	// The rootfs is opened once; both files are resolved against it.
+	var root *os.File
+	if rootfs != "" {
+		if root, err = os.OpenFile(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			return resolvedUser{}, fmt.Errorf("open rootfs: %w", err)
+		}
+		defer root.Close()
+	}
+	if passwd, err = readPasswd(root); err != nil {
 		return resolvedUser{}, err
 	}
 	needGroups := hasGroup || len(groupAdd) > 0
@@ -101,7 +107,7 @@ func resolveUser(rootfs, spec string, groupAdd []string) (resolvedUser, error) {
 	}
 
 	if needGroups {
-		if groups, err = readGroup(rootfs); err != nil {
+		if groups, err = readGroup(root); err != nil {
 			return resolvedUser{}, err
 		}
 	}
@@ -161,66 +167,138 @@ func lookupGroup(groups []groupEntry, arg, field string) (uint32, error) {
 	return uint32(gidNum), nil
 }
 
-// openInRootfs opens path read-only inside rootfs, resolving every
-// symlink as if rootfs were "/" (openat2 RESOLVE_IN_ROOT, or a checked
-// walk on older kernels), so an image whose /etc/passwd links to
+// resolveInRoot makes openat2 treat the rootfs as "/" for every symlink
+// and ".." on the way, and refuses /proc magic links, which could point
+// anywhere.
+const resolveInRoot = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
+
+// readInRootfs reads path inside rootfs, resolving every symlink as if
+// rootfs were "/", so an image whose /etc/passwd links to
 // /../../etc/shadow reads its own file, or nothing, never the host's. A
 // missing file is (nil, nil): images without /etc/passwd are common and
-// then only numeric ids work.
-func openInRootfs(rootfs, path string) (*os.File, error) {
-	h, err := pathrs.OpenInRoot(rootfs, path)
+// then only numeric ids work. At most maxUserFileSize bytes are read.
+//
+// It uses openat2(RESOLVE_IN_ROOT) directly: the path is first opened
+// O_PATH and checked to be a regular file (a FIFO or a device planted by
+// an image could block the agent or wake a driver on open), then opened
+// for reading and checked to be the same inode. On kernels before 5.6,
+// without openat2, filepath-securejoin's checked walk does the same job
+// at several times the cost.
+func readInRootfs(root *os.File, path string) ([]byte, error) {
+	pfd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: resolveInRoot})
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.E2BIG) {
+		return readInRootfsCompat(root, path)
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-			return nil, nil
+		return nil, notExistIsNil(root, path, err)
+	}
+	want, err := regularFile(pfd, root, path)
+	unix.Close(pfd)
+	if err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK: if the file were swapped for a FIFO after the check,
+	// open must not hang; the inode check below then refuses it.
+	fd, err := unix.Openat2(int(root.Fd()), path, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOCTTY | unix.O_NONBLOCK, Resolve: resolveInRoot})
+	if err != nil {
+		return nil, notExistIsNil(root, path, err)
+	}
+	defer unix.Close(fd)
+	var got unix.Stat_t
+	if err := unix.Fstat(fd, &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
+		return nil, fmt.Errorf("%s in rootfs %s changed while being opened: %w", path, root.Name(), errdefs.ErrAborted)
+	}
+	// Plain read(2) on the raw fd: wrapping it in an *os.File would
+	// register the non-blocking fd with the netpoller for nothing.
+	size := min(got.Size+1, maxUserFileSize)
+	buf := make([]byte, 0, max(size, 512))
+	for len(buf) < maxUserFileSize {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
 		}
-		return nil, fmt.Errorf("open %s in rootfs %s: %w", path, rootfs, err)
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s in rootfs %s: %w", path, root.Name(), err)
+		}
+		if n == 0 {
+			break
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return buf[:min(len(buf), maxUserFileSize)], nil
+}
+
+func readInRootfsCompat(root *os.File, path string) ([]byte, error) {
+	h, err := pathrs.OpenatInRoot(root, path)
+	if err != nil {
+		return nil, notExistIsNil(root, path, err)
 	}
 	defer h.Close()
-	// Only a regular file is read: a FIFO or a device planted by an image
-	// could block or feed the agent forever.
+	if _, err := regularFile(int(h.Fd()), root, path); err != nil {
+		return nil, err
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY)
+	if err != nil {
+		return nil, fmt.Errorf("open %s in rootfs %s: %w", path, root.Name(), err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxUserFileSize))
+	if err != nil {
+		return nil, fmt.Errorf("read %s in rootfs %s: %w", path, root.Name(), err)
+	}
+	return b, nil
+}
+
+func notExistIsNil(root *os.File, path string, err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return nil
+	}
+	return fmt.Errorf("open %s in rootfs %s: %w", path, root.Name(), err)
+}
+
+func regularFile(fd int, root *os.File, path string) (unix.Stat_t, error) {
 	var st unix.Stat_t
-	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("stat %s in rootfs %s: %w", path, rootfs, err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return st, fmt.Errorf("stat %s in rootfs %s: %w", path, root.Name(), err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("%s in rootfs %s is not a regular file: %w", path, rootfs, errdefs.ErrInvalidArgument)
+		return st, fmt.Errorf("user: %s in rootfs %s is not a regular file: %w", path, root.Name(), errdefs.ErrInvalidArgument)
 	}
-	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("open %s in rootfs %s: %w", path, rootfs, err)
-	}
-	return f, nil
+	return st, nil
 }
 
 // readColonFile calls fn with the fields of each non-comment line of a
-// passwd-style file inside rootfs.
-func readColonFile(rootfs, path string, fn func(fields []string)) error {
-	if rootfs == "" {
+// passwd-style file inside the rootfs.
+func readColonFile(root *os.File, path string, fn func(fields []string)) error {
+	if root == nil {
 		return nil
 	}
-	f, err := openInRootfs(rootfs, path)
-	if err != nil || f == nil {
+	data, err := readInRootfs(root, path)
+	if err != nil {
 		return err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, maxUserFileSize))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
+	for len(data) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			line, data = data, nil
+		}
+		l := strings.TrimSpace(string(line))
+		if l == "" || l[0] == '#' {
 			continue
 		}
-		fn(strings.Split(line, ":"))
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read %s in rootfs %s: %w", path, rootfs, err)
+		fn(strings.Split(l, ":"))
 	}
 	return nil
 }
 
-func readPasswd(rootfs string) ([]passwdEntry, error) {
+func readPasswd(root *os.File) ([]passwdEntry, error) {
 	var out []passwdEntry
-	err := readColonFile(rootfs, "/etc/passwd", func(f []string) {
+	err := readColonFile(root, "/etc/passwd", func(f []string) {
 		// name:password:uid:gid:gecos:home:shell; lines with bad ids are
 		// skipped, as libc and moby/sys/user do.
 		if len(f) < 4 {
@@ -236,9 +314,9 @@ func readPasswd(rootfs string) ([]passwdEntry, error) {
 	return out, err
 }
 
-func readGroup(rootfs string) ([]groupEntry, error) {
+func readGroup(root *os.File) ([]groupEntry, error) {
 	var out []groupEntry
-	err := readColonFile(rootfs, "/etc/group", func(f []string) {
+	err := readColonFile(root, "/etc/group", func(f []string) {
 		// name:password:gid:member,member
 		if len(f) < 3 {
 			return
