@@ -38,6 +38,9 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("user %+v, want root", p.User)
 	}
 	equal(t, "additional gids", p.User.AdditionalGids, []uint32{0})
+	if p.User.Umask == nil || *p.User.Umask != 0o022 {
+		t.Errorf("umask %v, want 0022", p.User.Umask)
+	}
 	if p.OOMScoreAdj == nil || *p.OOMScoreAdj != 0 {
 		t.Errorf("oomScoreAdj %v, want 0", p.OOMScoreAdj)
 	}

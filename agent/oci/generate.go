@@ -169,7 +169,10 @@ func Generate(ctx context.Context, in Input) (*specs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Process.User = specs.User{UID: u.uid, GID: u.gid, AdditionalGids: u.additional}
+	// Umask 0022 is what runc applies when none is given; berth-shim
+	// applies what the spec says, so it is written out.
+	umask := uint32(0o022)
+	s.Process.User = specs.User{UID: u.uid, GID: u.gid, AdditionalGids: u.additional, Umask: &umask}
 	s.Process.NoNewPrivileges = sec.noNewPrivileges
 	if sec.apparmor != "" && sec.apparmor != "unconfined" {
 		s.Process.ApparmorProfile = sec.apparmor

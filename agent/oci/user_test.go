@@ -177,3 +177,33 @@ func TestUserPasswdNotRegular(t *testing.T) {
 	_, err := Generate(t.Context(), in)
 	wantInvalid(t, err, "not a regular file")
 }
+
+// The fallback for kernels without openat2 resolves the same way.
+func TestReadInRootfsCompat(t *testing.T) {
+	host := t.TempDir()
+	writeFile(t, filepath.Join(host, "passwd"), "evil:x:4242:4242::/:/bin/sh\n")
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "usr/lib/passwd"), testPasswd)
+	if err := os.Symlink("/usr/lib/passwd", filepath.Join(root, "inside")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(host, "passwd"), filepath.Join(root, "outside")); err != nil {
+		t.Fatal(err)
+	}
+	if err := mkfifo(filepath.Join(root, "fifo")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if b, err := readInRootfsCompat(r, "/inside"); err != nil || string(b) != testPasswd {
+		t.Errorf("inside: %q, %v", b, err)
+	}
+	if b, err := readInRootfsCompat(r, "/outside"); err != nil || b != nil {
+		t.Errorf("outside: read %q, %v; want nothing", b, err)
+	}
+	_, err = readInRootfsCompat(r, "/fifo")
+	wantInvalid(t, err, "not a regular file")
+}
