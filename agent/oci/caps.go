@@ -69,7 +69,12 @@ func KnownCapabilities() []string {
 // holds (the kernel refuses to raise them), so, as Docker does, these are
 // what --privileged and --cap-add ALL mean. When /proc cannot be read,
 // every known capability is returned and the runtime has the last word.
-var AgentCapabilities = sync.OnceValue(func() []string {
+// The set is read once; the slice is new on each call.
+func AgentCapabilities() []string {
+	return append([]string(nil), agentCaps()...)
+}
+
+var agentCaps = sync.OnceValue(func() []string {
 	eff, err := readCapEff("/proc/self/status")
 	if err != nil {
 		return KnownCapabilities()

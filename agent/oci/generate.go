@@ -106,6 +106,11 @@ func Generate(ctx context.Context, in Input) (*specs.Spec, error) {
 		return nil, err
 	}
 	hostNetwork := cs.GetNetwork().GetMode() == "host"
+	// The stop signal is not part of the spec, but a bad one is refused
+	// here, at create, rather than when the user first stops the container.
+	if _, err := StopSignal(cs, img); err != nil {
+		return nil, err
+	}
 
 	s := &specs.Spec{
 		Version: specs.Version,
