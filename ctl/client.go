@@ -3,6 +3,8 @@ package ctl
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +14,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -59,12 +62,56 @@ func parseAddress(addr string) (target, display string, err error) {
 	return "", "", fmt.Errorf("address %q: use unix:///path/to/berth.sock, a socket path, or tcp://host:port", addr)
 }
 
+// TLSFiles name the PEM files of a TCP connection with mutual TLS.
+type TLSFiles struct {
+	CA, Cert, Key string
+}
+
+func (f TLSFiles) enabled() bool { return f.CA != "" || f.Cert != "" || f.Key != "" }
+
+// credentials returns TLS transport credentials presenting the client
+// certificate and trusting only the given CA.
+func (f TLSFiles) credentials(serverName string) (credentials.TransportCredentials, error) {
+	if f.CA == "" || f.Cert == "" || f.Key == "" {
+		return nil, fmt.Errorf("TLS needs --tlscacert, --tlscert and --tlskey together")
+	}
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return nil, fmt.Errorf("--tlscert %s / --tlskey %s: %v", f.Cert, f.Key, err)
+	}
+	caPEM, err := os.ReadFile(f.CA)
+	if err != nil {
+		return nil, fmt.Errorf("--tlscacert: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("--tlscacert %s holds no PEM certificate", f.CA)
+	}
+	return credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ServerName:   serverName,
+		MinVersion:   tls.VersionTLS12,
+	}), nil
+}
+
 // Dial connects lazily: nothing is sent until the first call, whose
-// failure to connect is then reported as ErrNoDaemon by Explain.
-func Dial(addr, namespace string) (*Client, error) {
+// failure to connect is then reported as ErrNoDaemon by Explain. TLS is
+// used for tcp:// addresses when any TLS file is given.
+func Dial(addr, namespace string, tlsFiles TLSFiles) (*Client, error) {
 	target, display, err := parseAddress(addr)
 	if err != nil {
 		return nil, err
+	}
+	creds := insecure.NewCredentials()
+	if tlsFiles.enabled() {
+		if !strings.HasPrefix(addr, "tcp://") {
+			return nil, fmt.Errorf("TLS flags apply to tcp:// addresses only, not %s", addr)
+		}
+		host, _, _ := net.SplitHostPort(display)
+		if creds, err = tlsFiles.credentials(host); err != nil {
+			return nil, err
+		}
 	}
 	if namespace == "" {
 		namespace = namespaces.Default
@@ -73,7 +120,7 @@ func Dial(addr, namespace string) (*Client, error) {
 		return metadata.AppendToOutgoingContext(ctx, namespaces.GRPCHeader, namespace)
 	}
 	conn, err := grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(withNS(ctx), method, req, reply, cc, opts...)
 		}),
@@ -121,7 +168,7 @@ func (c *Client) Explain(err error) error {
 }
 
 func isDialFailure(msg string) bool {
-	for _, s := range []string{"connection refused", "no such file or directory", "connection error", "dial", "permission denied", "no route", "i/o timeout"} {
+	for _, s := range []string{"connection refused", "no such file or directory", "connection error", "dial", "permission denied", "no route", "i/o timeout", "handshake", "certificate", "tls:"} {
 		if strings.Contains(msg, s) {
 			return true
 		}

@@ -26,6 +26,7 @@ const (
 type CLI struct {
 	Address   string
 	Namespace string
+	TLS       TLSFiles
 	Out       io.Writer
 	Err       io.Writer
 
@@ -37,7 +38,7 @@ func (c *CLI) Client() (*Client, error) {
 	if c.client != nil {
 		return c.client, nil
 	}
-	cl, err := Dial(c.Address, c.Namespace)
+	cl, err := Dial(c.Address, c.Namespace, c.TLS)
 	if err != nil {
 		return nil, err
 	}
@@ -82,6 +83,9 @@ func NewRootCommand(c *CLI) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVarP(&c.Address, "address", "a", envOr("BERTH_ADDRESS", DefaultAddress), "berthd address: unix:///path, a socket path, or tcp://host:port (env BERTH_ADDRESS)")
 	pf.StringVarP(&c.Namespace, "namespace", "n", envOr("BERTH_NAMESPACE", "default"), "namespace (env BERTH_NAMESPACE)")
+	pf.StringVar(&c.TLS.CA, "tlscacert", os.Getenv("BERTH_TLS_CA"), "CA that berthd's certificate chains to, for tcp:// (env BERTH_TLS_CA)")
+	pf.StringVar(&c.TLS.Cert, "tlscert", os.Getenv("BERTH_TLS_CERT"), "client certificate for tcp:// (env BERTH_TLS_CERT)")
+	pf.StringVar(&c.TLS.Key, "tlskey", os.Getenv("BERTH_TLS_KEY"), "client key for tcp:// (env BERTH_TLS_KEY)")
 	root.AddCommand(
 		newVersionCommand(c),
 		newInfoCommand(c),

@@ -186,7 +186,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("snapshotter %q: use \"overlay\" or \"native\": %w", c.Snapshotter, errdefs.ErrInvalidArgument)
 	}
 	if c.TCP.Address != "" && !c.TCP.Insecure && (c.TCP.TLSCert == "" || c.TCP.TLSKey == "" || c.TCP.TLSCA == "") {
-		return fmt.Errorf("tcp address %s needs tls_cert, tls_key and tls_ca (mutual TLS), or insecure = true: %w",
+		return fmt.Errorf("tcp address %s needs mutual TLS (--tls-cert, --tls-key, --tls-ca or [tcp] tls_cert, tls_key, tls_ca), or plain TCP with --insecure-tcp: %w",
 			c.TCP.Address, errdefs.ErrInvalidArgument)
 	}
 	if c.ShutdownTimeout.Duration < 0 {

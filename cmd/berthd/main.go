@@ -53,6 +53,13 @@ func newCommand() *cobra.Command {
 			set("address", &cfg.Address, flags.Address)
 			set("log-level", &cfg.LogLevel, flags.LogLevel)
 			set("log-format", &cfg.LogFormat, flags.LogFormat)
+			set("tcp-address", &cfg.TCP.Address, flags.TCP.Address)
+			set("tls-cert", &cfg.TCP.TLSCert, flags.TCP.TLSCert)
+			set("tls-key", &cfg.TCP.TLSKey, flags.TCP.TLSKey)
+			set("tls-ca", &cfg.TCP.TLSCA, flags.TCP.TLSCA)
+			if cmd.Flags().Changed("insecure-tcp") {
+				cfg.TCP.Insecure = flags.TCP.Insecure
+			}
 			if !cmd.Flags().Changed("address") && cmd.Flags().Changed("state") && cfg.Address == config.Default().Address {
 				// A private --state gets its socket inside it, so two
 				// instances never fight over the default socket.
@@ -72,6 +79,11 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Address, "address", def.Address, "Unix socket of the gRPC API (default <state>/berth.sock when --state is given)")
 	f.StringVar(&flags.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	f.StringVar(&flags.LogFormat, "log-format", def.LogFormat, "log format: text or json")
+	f.StringVar(&flags.TCP.Address, "tcp-address", "", "also serve the API on this TCP host:port, with mutual TLS")
+	f.StringVar(&flags.TCP.TLSCert, "tls-cert", "", "server certificate (PEM) for the TCP listener")
+	f.StringVar(&flags.TCP.TLSKey, "tls-key", "", "server key (PEM) for the TCP listener")
+	f.StringVar(&flags.TCP.TLSCA, "tls-ca", "", "CA (PEM) that client certificates must chain to")
+	f.BoolVar(&flags.TCP.Insecure, "insecure-tcp", false, "serve plain TCP without TLS: anyone who reaches the port controls the host")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "config",
 		Short: "Configuration helpers",
@@ -104,6 +116,12 @@ func run(cfg *config.Config, logOut io.Writer) error {
 	if err := a.Listen(); err != nil {
 		a.Close()
 		return err
+	}
+	if cfg.TCP.Address != "" {
+		if err := a.ListenTCP(); err != nil {
+			a.Close()
+			return err
+		}
 	}
 	log.Info("berthd started", "version", version.Version, "root", cfg.Root, "state", cfg.State, "pid", os.Getpid())
 
