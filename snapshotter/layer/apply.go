@@ -593,4 +593,3 @@ func (a *applier) finish() error {
 	}
 	return nil
 }
-
