@@ -224,7 +224,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 	parent, base := splitName(rel)
 
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		return a.whiteout(parent, base)
+		return a.whiteout(parent, base, hdr)
 	}
 
 	switch hdr.Typeflag {
@@ -462,7 +462,7 @@ func times(hdr *tar.Header) [2]unix.Timespec {
 	return [2]unix.Timespec{atime, mtime}
 }
 
-func (a *applier) whiteout(parent, base string) error {
+func (a *applier) whiteout(parent, base string, hdr *tar.Header) error {
 	if base == whiteoutOpaque {
 		return a.opaque(parent)
 	}
@@ -491,6 +491,15 @@ func (a *applier) whiteout(parent, base string) error {
 		}
 		if err := unix.Mknodat(pfd, name, unix.S_IFCHR, 0); err != nil {
 			return fmt.Errorf("create whiteout device: %w", err)
+		}
+		// The whiteout entry's owner and time go on the device, so that
+		// Diff of this upper dir gives back the same entry.
+		if err := unix.Fchownat(pfd, name, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown whiteout device: %w", err)
+		}
+		ts := times(hdr)
+		if err := unix.UtimesNanoAt(pfd, name, ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("set times of whiteout device: %w", err)
 		}
 		return nil
 	}
