@@ -131,16 +131,20 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	if err != nil {
 		return Result{}, err
 	}
-	defer rc.Close()
+	h := &countingHash{h: sha256.New()}
+	// The hash is taken on the readahead goroutine, before the tar reader
+	// sees the bytes; it is complete once stream has returned io.EOF.
+	stream := newReadahead(struct {
+		io.Reader
+		io.Closer
+	}{io.TeeReader(rc, h), rc})
+	defer stream.Close()
 
 	rt, err := openRoot(dir)
 	if err != nil {
 		return Result{}, err
 	}
 	defer rt.close()
-
-	h := &countingHash{h: sha256.New()}
-	stream := io.TeeReader(rc, h)
 	a := &applier{
 		root:     rt,
 		cfg:      &cfg,
@@ -163,7 +167,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 		// Names that are not local are ours to contain (cleanName), not a
 		// reason to refuse the layer, whatever GODEBUG says.
 		if err != nil && !(errors.Is(err, tar.ErrInsecurePath) && hdr != nil) {
-			return Result{}, fmt.Errorf("read layer tar after %d bytes: %w: %w", h.n, errdefs.ErrInvalidArgument, err)
+			return Result{}, fmt.Errorf("read layer tar after %d bytes: %w: %w", stream.n, errdefs.ErrInvalidArgument, err)
 		}
 		if err := a.entry(hdr, tr); err != nil {
 			return Result{}, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
