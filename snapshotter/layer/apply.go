@@ -59,6 +59,7 @@ type Result struct {
 type Option func(*applyConfig)
 
 type applyConfig struct {
+	parents   []string
 	expected  digest.Digest
 	whiteouts WhiteoutMode
 	mediaType string
@@ -76,6 +77,19 @@ func WithExpectedDiffID(d digest.Digest) Option {
 // WhiteoutDelete.
 func WithWhiteoutMode(m WhiteoutMode) Option {
 	return func(c *applyConfig) { c.whiteouts = m }
+}
+
+// WithParents names the lower directories of the overlay whose upper
+// directory Apply writes to, topmost first. With them, WhiteoutOverlay mode
+// keeps the merged view right where a layer omits the entries of its
+// parent directories: a directory made on the way copies the owner, mode
+// and mtime of the one it shadows, and a path that goes through a symlink
+// of a lower layer (lib -> usr/lib, then lib/x) is refused with
+// ErrFailedPrecondition, because writing it into upper would replace the
+// symlink by a directory; the caller then applies through a mounted
+// overlay in WhiteoutDelete mode instead.
+func WithParents(lowerdirs ...string) Option {
+	return func(c *applyConfig) { c.parents = lowerdirs }
 }
 
 // WithMediaType decompresses by the manifest's media type (see
@@ -145,6 +159,15 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 		return Result{}, err
 	}
 	defer rt.close()
+
+	if cfg.whiteouts == WhiteoutOverlay && len(cfg.parents) > 0 {
+		lowers, err := openLowers(cfg.parents)
+		if err != nil {
+			return Result{}, err
+		}
+		defer lowers.close()
+		rt.implicit = lowers.lookupDir
+	}
 	a := &applier{
 		root:     rt,
 		cfg:      &cfg,
@@ -153,6 +176,9 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	}
 	if cfg.whiteouts == WhiteoutDelete {
 		a.written = make(map[string]struct{})
+	}
+	rt.made = func(rel string, st *unix.Stat_t) {
+		a.dirTimes[rel] = [2]unix.Timespec{st.Atim, st.Mtim}
 	}
 
 	tr := tar.NewReader(stream)

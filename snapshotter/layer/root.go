@@ -29,6 +29,12 @@ const maxCachedDirs = 64
 type root struct {
 	fd   int
 	dirs map[string]int
+	// implicit, when set, is asked before a missing directory is made on
+	// the way to an entry; it may refuse, or return the metadata the new
+	// directory should copy (see WithParents).
+	implicit func(rel string) (*unix.Stat_t, error)
+	// made is told of every directory implicit gave metadata for.
+	made func(rel string, st *unix.Stat_t)
 	// stale holds cached fds invalidated during the current entry; they are
 	// closed at the entry's end because the entry may still be using one.
 	stale []int
@@ -93,7 +99,11 @@ func splitName(rel string) (dir, base string) {
 }
 
 func openat2(dirfd int, p string, flags uint64) (int, error) {
-	how := unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolveFlags}
+	return openat2Resolve(dirfd, p, flags, resolveFlags)
+}
+
+func openat2Resolve(dirfd int, p string, flags, resolve uint64) (int, error) {
+	how := unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolve}
 	for range 64 {
 		fd, err := unix.Openat2(dirfd, p, &how)
 		// EAGAIN: a concurrent rename elsewhere on the filesystem made the
@@ -133,12 +143,31 @@ func (r *root) mkdirAll(rel string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
+	var like *unix.Stat_t
+	if r.implicit != nil {
+		if like, err = r.implicit(rel); err != nil {
+			return -1, err
+		}
+	}
 	// base is a single component, so mkdirat cannot be steered elsewhere;
 	// if base exists as a symlink the openat2 below follows it, in root.
 	if err := unix.Mkdirat(pfd, base, 0o755); err != nil && err != unix.EEXIST {
 		return -1, err
 	}
-	return openat2(r.fd, rel, unix.O_PATH|unix.O_DIRECTORY)
+	fd, err := openat2(r.fd, rel, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil || like == nil {
+		return fd, err
+	}
+	if err := unix.Fchownat(fd, "", int(like.Uid), int(like.Gid), unix.AT_EMPTY_PATH); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), like.Mode&0o7777, 0); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	r.made(rel, like)
+	return fd, nil
 }
 
 // procPath names an fd (an O_PATH one included) through /proc, the only

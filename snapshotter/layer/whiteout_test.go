@@ -3,12 +3,15 @@ package layer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/errdefs"
 )
 
 // baseLayer is what the whiteout tests delete from.
@@ -112,5 +115,82 @@ func TestWhiteoutsOverlayMode(t *testing.T) {
 	checkMergedView(t, merged)
 	if mustRead(t, filepath.Join(merged, "a/keep")) != "k" || mustRead(t, filepath.Join(merged, "b/sub/new")) != "n" {
 		t.Error("merged contents wrong")
+	}
+}
+
+// TestOverlayModeWithParents: directories a layer leaves implicit copy the
+// lower ones they shadow, and a path through a lower symlink is refused
+// rather than turned into a directory that would hide the symlink.
+func TestOverlayModeWithParents(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	base := t.TempDir()
+	lower, upper, work, merged := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
+	for _, d := range []string{lower, upper, work, merged} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opt := dirEnt("opt/", 0o750)
+	opt.hdr.Uid, opt.hdr.Gid = 7, 8
+	if _, err := Apply(ctx, lower, bytes.NewReader(tarOf(t,
+		dirEnt("usr/", 0o755), dirEnt("usr/lib/", 0o755), symlink("lib", "usr/lib"),
+		opt, dirEnt("opt/sub/", 0o711),
+	))); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := Apply(ctx, upper, bytes.NewReader(tarOf(t, file("opt/sub/x", "x", 0o644))),
+		WithWhiteoutMode(WhiteoutOverlay), WithParents(lower))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	for _, c := range []struct {
+		rel       string
+		mode, uid uint32
+	}{{"opt", 0o750, 7}, {"opt/sub", 0o711, 0}} {
+		if err := unix.Lstat(filepath.Join(upper, c.rel), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode&0o7777 != c.mode || st.Uid != c.uid || st.Mtim.Nano() != t0.UnixNano() {
+			t.Errorf("implicit %s: mode %o uid %d mtime %d, want the lower's %o %d %d", c.rel, st.Mode&0o7777, st.Uid, st.Mtim.Nano(), c.mode, c.uid, t0.UnixNano())
+		}
+	}
+
+	upper2 := filepath.Join(base, "upper2")
+	if err := os.Mkdir(upper2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Apply(ctx, upper2, bytes.NewReader(tarOf(t, file("lib/libx.so", "x", 0o644))),
+		WithWhiteoutMode(WhiteoutOverlay), WithParents(lower))
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("write through a lower symlink: %v, want ErrFailedPrecondition", err)
+	}
+
+	// The fallback the error asks for: apply through the mounted overlay.
+	opts := "lowerdir=" + lower + ",upperdir=" + upper2 + ",workdir=" + work
+	if err := os.RemoveAll(upper2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(upper2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Skipf("overlay mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(merged, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	if _, err := Apply(ctx, merged, bytes.NewReader(tarOf(t, file("lib/libx.so", "x", 0o644)))); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(filepath.Join(merged, "lib")); err != nil || l != "usr/lib" {
+		t.Errorf("lib is no longer the symlink: %q %v", l, err)
+	}
+	if !exists(filepath.Join(upper2, "usr/lib/libx.so")) {
+		t.Error("libx.so not in upper usr/lib")
 	}
 }
