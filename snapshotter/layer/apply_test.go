@@ -7,8 +7,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -253,5 +255,60 @@ func TestApplyCancelled(t *testing.T) {
 	_, err := Apply(ctx, t.TempDir(), bytes.NewReader(tarOf(t, file("a", "x", 0o644))))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestApplyCorruptGzip(t *testing.T) {
+	requireRoot(t)
+	layer := tarOf(t, file("a", strings.Repeat("x", 100000), 0o644), file("b", "y", 0o644))
+	var gz bytes.Buffer
+	gw := gzip.NewWriter(&gz)
+	gw.Write(layer)
+	gw.Close()
+	blob := gz.Bytes()
+	blob[len(blob)/2] ^= 0xff
+	if _, err := Apply(context.Background(), t.TempDir(), bytes.NewReader(blob)); err == nil {
+		t.Fatal("corrupt gzip applied without error")
+	}
+}
+
+// TestApplyImplicitDirsIgnoreUmask: directories made on the way are 0755
+// whatever the daemon's umask.
+func TestApplyImplicitDirsIgnoreUmask(t *testing.T) {
+	requireRoot(t)
+	old := unix.Umask(0o077)
+	defer unix.Umask(old)
+	dir := t.TempDir()
+	if _, err := Apply(context.Background(), dir, bytes.NewReader(tarOf(t, file("x/y/z", "z", 0o644)))); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"x", "x/y"} {
+		if fi, err := os.Stat(filepath.Join(dir, d)); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v %v", d, fi.Mode(), err)
+		}
+	}
+}
+
+// TestApplyStopsItsGoroutine: a failed apply leaves no readahead goroutine
+// behind, even when it stops early in a long stream.
+func TestApplyStopsItsGoroutine(t *testing.T) {
+	requireRoot(t)
+	ents := []ent{file("..", "refused at once", 0o644)}
+	for i := range 200 {
+		ents = append(ents, file("f"+strings.Repeat("x", i%50), strings.Repeat("y", 64<<10), 0o644))
+	}
+	layer := tarOf(t, ents...)
+	before := runtime.NumGoroutine()
+	for range 20 {
+		if _, err := Apply(context.Background(), t.TempDir(), bytes.NewReader(layer)); err == nil {
+			t.Fatal("want an error")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after, %d before", n, before)
 	}
 }

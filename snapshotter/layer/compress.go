@@ -129,7 +129,7 @@ func DecompressMediaType(r io.Reader, mediaType string) (io.ReadCloser, error) {
 	}
 	// A plain tar has no magic at its start, so only a compressed blob can
 	// contradict the media type; an empty blob is left to the tar reader.
-	if got := DetectCompression(head); got != want && len(head) > 0 && !(want == Uncompressed && got == Uncompressed) {
+	if got := DetectCompression(head); len(head) > 0 && got != want {
 		return nil, fmt.Errorf("layer media type %q says %s but the blob is %s: %w",
 			mediaType, want, got, errdefs.ErrInvalidArgument)
 	}

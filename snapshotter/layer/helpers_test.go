@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,9 @@ type ent struct {
 	hdr  tar.Header
 	body string
 }
+
+// quiet keeps the warnings tests provoke on purpose out of the output.
+var quiet = WithLogger(slog.New(slog.DiscardHandler))
 
 // recent is later than any time a test layer carries.
 var recent = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()

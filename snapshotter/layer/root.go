@@ -151,22 +151,33 @@ func (r *root) mkdirAll(rel string) (int, error) {
 	}
 	// base is a single component, so mkdirat cannot be steered elsewhere;
 	// if base exists as a symlink the openat2 below follows it, in root.
-	if err := unix.Mkdirat(pfd, base, 0o755); err != nil && err != unix.EEXIST {
+	created := true
+	if err := unix.Mkdirat(pfd, base, 0o755); err == unix.EEXIST {
+		created = false
+	} else if err != nil {
 		return -1, err
 	}
 	fd, err := openat2(r.fd, rel, unix.O_PATH|unix.O_DIRECTORY)
-	if err != nil || like == nil {
-		return fd, err
+	if err != nil || !created {
+		return fd, err // what existed keeps its metadata
 	}
-	if err := unix.Fchownat(fd, "", int(like.Uid), int(like.Gid), unix.AT_EMPTY_PATH); err != nil {
+	// The mode is set explicitly: mkdirat's is cut by the process umask,
+	// and a daemon's umask says nothing about what images need.
+	mode := uint32(0o755)
+	if like != nil {
+		mode = like.Mode & 0o7777
+		if err := unix.Fchownat(fd, "", int(like.Uid), int(like.Gid), unix.AT_EMPTY_PATH); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), mode, 0); err != nil {
 		unix.Close(fd)
 		return -1, err
 	}
-	if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), like.Mode&0o7777, 0); err != nil {
-		unix.Close(fd)
-		return -1, err
+	if like != nil {
+		r.made(rel, like)
 	}
-	r.made(rel, like)
 	return fd, nil
 }
 

@@ -159,7 +159,7 @@ func TestApplyContainsMaliciousLayers(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				s := newSandbox(t)
 				layer := tarOf(t, c.ents(s)...)
-				_, err := Apply(context.Background(), s.dir, bytes.NewReader(layer), WithWhiteoutMode(mode))
+				_, err := Apply(context.Background(), s.dir, bytes.NewReader(layer), WithWhiteoutMode(mode), quiet)
 				s.check(t)
 				if err != nil {
 					// Refused: fine, as long as the error names an entry.
