@@ -122,8 +122,10 @@ const fallocateMin = 1 << 20
 // the package documentation.
 //
 // The stream is read to its very end, past the tar's end-of-archive blocks,
-// so the digest covers exactly what the registry served. On error dir is
-// left half-written; the caller removes the snapshot.
+// so the digest covers exactly what the registry served. Decompression
+// runs on a second goroutine, which has stopped reading r by the time Apply
+// returns. On error dir is left half-written; the caller removes the
+// snapshot.
 func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result, error) {
 	cfg := applyConfig{log: slog.Default()}
 	for _, o := range opts {

@@ -12,12 +12,13 @@ import (
 // machine.
 //
 // The producer goroutine owns the source: it closes it when it finishes,
-// whether at the end of the stream or because Close was called. That way no
-// one ever closes a decompressor another goroutine is still reading.
+// whether at the end of the stream or because Close was called, and Close
+// waits for that, so nothing reads the caller's reader once Apply returns.
 type readahead struct {
 	full chan []byte // chunks ready to consume, in order
 	free chan []byte // chunks given back by the consumer
 	done chan struct{}
+	exit chan struct{} // closed when the producer has returned
 	err  error // the producer's final error; read only after full closes
 	cur  []byte
 	last []byte
@@ -35,6 +36,7 @@ func newReadahead(src io.ReadCloser) *readahead {
 		full: make(chan []byte, readaheadDepth),
 		free: make(chan []byte, readaheadDepth),
 		done: make(chan struct{}),
+		exit: make(chan struct{}),
 	}
 	for range readaheadDepth {
 		ra.free <- make([]byte, readaheadChunk)
@@ -44,6 +46,7 @@ func newReadahead(src io.ReadCloser) *readahead {
 }
 
 func (ra *readahead) run(src io.ReadCloser) {
+	defer close(ra.exit)
 	defer close(ra.full)
 	defer src.Close()
 	for {
@@ -92,9 +95,11 @@ func (ra *readahead) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close stops the producer; it returns at once, and the producer closes
-// the source as soon as its current read returns.
+// Close stops the producer and waits for it, which takes at most the time
+// of one chunk's read: layers are read from the local content store, so
+// that is short.
 func (ra *readahead) Close() error {
 	ra.once.Do(func() { close(ra.done) })
+	<-ra.exit
 	return nil
 }
