@@ -19,7 +19,7 @@ type readahead struct {
 	free chan []byte // chunks given back by the consumer
 	done chan struct{}
 	exit chan struct{} // closed when the producer has returned
-	err  error // the producer's final error; read only after full closes
+	err  error         // the producer's final error; read only after full closes
 	cur  []byte
 	last []byte
 	once sync.Once
