@@ -277,20 +277,6 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 	if hdr.Typeflag == tar.TypeLink && cleanName(hdr.Linkname) == rel {
 		return nil // a link to itself: the file is already there
 	}
-	var st unix.Stat_t
-	switch err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); {
-	case err == unix.ENOENT:
-	case err != nil:
-		return fmt.Errorf("stat existing: %w", err)
-	case hdr.Typeflag == tar.TypeDir && st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		// Docker's rule: a directory over a directory merges; everything
-		// else replaces what was there.
-	default:
-		a.root.invalidate()
-		if err := removeAllAt(pfd, base); err != nil {
-			return fmt.Errorf("remove existing: %w", err)
-		}
-	}
 	if a.written != nil {
 		a.markWritten(rel)
 	}
@@ -300,7 +286,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 		delete(a.dirTimes, rel)
 		return a.regular(pfd, base, hdr, tr)
 	case tar.TypeDir:
-		if err := unix.Mkdirat(pfd, base, 0o700); err != nil && err != unix.EEXIST {
+		if err := a.create(pfd, base, true, func() error { return unix.Mkdirat(pfd, base, 0o700) }); err != nil {
 			return fmt.Errorf("mkdir: %w", err)
 		}
 		fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -315,7 +301,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 		return nil
 	case tar.TypeSymlink:
 		delete(a.dirTimes, rel)
-		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
+		if err := a.create(pfd, base, false, func() error { return unix.Symlinkat(hdr.Linkname, pfd, base) }); err != nil {
 			return fmt.Errorf("symlink: %w", err)
 		}
 		return a.setMeta(pfd, base, hdr, -1, false)
@@ -334,7 +320,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 			mode |= unix.S_IFIFO
 		}
 		dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
-		if err := unix.Mknodat(pfd, base, mode, dev); err != nil {
+		if err := a.create(pfd, base, false, func() error { return unix.Mknodat(pfd, base, mode, dev) }); err != nil {
 			return fmt.Errorf("mknod: %w", err)
 		}
 		fd, err := unix.Openat(pfd, base, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -347,7 +333,13 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 }
 
 func (a *applier) regular(pfd int, base string, hdr *tar.Header, tr *tar.Reader) error {
-	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	var fd int
+	err := a.create(pfd, base, false, func() (err error) {
+		// O_EXCL: never write into an existing file, which could be a
+		// hard link shared with a file of a lower layer.
+		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create: %w", err)
 	}
@@ -400,10 +392,33 @@ func (a *applier) hardlink(pfd int, base string, hdr *tar.Header) error {
 	}
 	// Flags 0: never follow a symlink target, link the symlink itself, as
 	// tar means.
-	if err := unix.Linkat(tfd, tbase, pfd, base, 0); err != nil {
+	if err := a.create(pfd, base, false, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
 		return fmt.Errorf("hard link to %q: %w", hdr.Linkname, err)
 	}
 	return nil
+}
+
+// create runs mk to make base in pfd. If something is there already it
+// applies Docker's rule, a directory over a directory merges and anything
+// else replaces what was there, and runs mk again. Trying first saves a
+// stat per entry in the common case, a fresh snapshot.
+func (a *applier) create(pfd int, base string, dir bool, mk func() error) error {
+	err := mk()
+	if err != unix.EEXIST {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("stat existing: %w", err)
+	}
+	if dir && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return nil
+	}
+	a.root.invalidate()
+	if err := removeAllAt(pfd, base); err != nil {
+		return fmt.Errorf("remove existing: %w", err)
+	}
+	return mk()
 }
 
 // setMeta sets owner, xattrs, mode and times, in that order: chown clears
