@@ -78,6 +78,8 @@ func Diff(ctx context.Context, upper string, w io.Writer, opts ...DiffOption) (R
 		tw:    tw,
 		links: make(map[inode]string),
 		buf:   make([]byte, copyBufSize),
+
+		whiteouts: true,
 	}
 	if err := d.walk(rootfd, ""); err != nil {
 		return Result{}, err
@@ -96,6 +98,12 @@ type differ struct {
 	tw    *tar.Writer
 	links map[inode]string
 	buf   []byte
+	// whiteouts: the tree is an overlay upper dir, whose 0:0 char devices
+	// and opaque xattrs are overlayfs's whiteouts.
+	whiteouts bool
+	// dirs is the stack of directories DiffDirs is in, to write the
+	// headers of a changed entry's parents before it.
+	dirs []dirFrame
 }
 
 func (d *differ) walk(dirfd int, rel string) error {
@@ -127,7 +135,18 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 		}
 		return err
 	}
-	hdr := &tar.Header{
+	hdr, opaque, err := d.header(dirfd, name, rel, &st)
+	if err != nil || hdr == nil {
+		return err
+	}
+	return d.write(dirfd, name, rel, hdr, opaque, &st, true)
+}
+
+// header builds the tar header of an entry (nil for one tar cannot hold),
+// and reports whether it is an opaque overlay directory. With whiteouts
+// (overlay upper dirs) a 0:0 char device becomes its ".wh." entry.
+func (d *differ) header(dirfd int, name, rel string, st *unix.Stat_t) (hdr *tar.Header, opaque bool, err error) {
+	hdr = &tar.Header{
 		Name:    rel,
 		Mode:    int64(st.Mode & 0o7777),
 		Uid:     int(st.Uid),
@@ -138,15 +157,15 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFCHR:
-		if st.Rdev == 0 {
+		if st.Rdev == 0 && d.whiteouts {
 			parent, _ := splitName(rel)
 			wh := whiteoutPrefix + name
 			if parent != "" {
 				wh = parent + "/" + wh
 			}
-			return d.tw.WriteHeader(&tar.Header{
+			return &tar.Header{
 				Typeflag: tar.TypeReg, Name: wh, Uid: hdr.Uid, Gid: hdr.Gid, ModTime: hdr.ModTime, Format: tar.FormatPAX,
-			})
+			}, false, nil
 		}
 		hdr.Typeflag = tar.TypeChar
 	case unix.S_IFBLK:
@@ -156,29 +175,34 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 	case unix.S_IFLNK:
 		target, err := readlinkat(dirfd, name)
 		if err != nil {
-			return err
+			return nil, false, err
 		}
 		hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
 	case unix.S_IFSOCK:
 		// Sockets are runtime artefacts and tar has no type for them.
 		d.cfg.log.Debug("skipping socket", "entry", rel)
-		return nil
+		return nil, false, nil
 	case unix.S_IFDIR:
 		hdr.Typeflag, hdr.Name = tar.TypeDir, rel+"/"
 	case unix.S_IFREG:
 		hdr.Typeflag = tar.TypeReg
 	default:
-		return fmt.Errorf("unknown file type %o: %w", st.Mode&unix.S_IFMT, errdefs.ErrNotImplemented)
+		return nil, false, fmt.Errorf("unknown file type %o: %w", st.Mode&unix.S_IFMT, errdefs.ErrNotImplemented)
 	}
 	if hdr.Typeflag == tar.TypeChar || hdr.Typeflag == tar.TypeBlock {
 		hdr.Devmajor, hdr.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
 	}
-
-	opaque, err := d.xattrs(dirfd, name, hdr)
+	opaque, err = d.xattrs(dirfd, name, hdr)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
+	return hdr, opaque && d.whiteouts, nil
+}
 
+// write writes an entry built by header: a file's content, a hard link to
+// an inode already written, and for a directory (with recurse) everything
+// below it.
+func (d *differ) write(dirfd int, name, rel string, hdr *tar.Header, opaque bool, st *unix.Stat_t, recurse bool) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		if err := d.tw.WriteHeader(hdr); err != nil {
@@ -191,6 +215,9 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 				return err
 			}
 		}
+		if !recurse {
+			return nil
+		}
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
@@ -198,6 +225,9 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 		defer unix.Close(fd)
 		return d.walk(fd, rel)
 	case tar.TypeReg:
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return d.tw.WriteHeader(hdr) // a whiteout, from a char device
+		}
 		if st.Nlink > 1 {
 			key := inode{st.Dev, st.Ino}
 			if first, ok := d.links[key]; ok {
@@ -206,7 +236,7 @@ func (d *differ) entry(dirfd int, name, rel string) error {
 			}
 			d.links[key] = rel
 		}
-		return d.regular(dirfd, name, hdr, &st)
+		return d.regular(dirfd, name, hdr, st)
 	default:
 		return d.tw.WriteHeader(hdr)
 	}

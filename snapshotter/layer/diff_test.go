@@ -187,3 +187,115 @@ func TestDiffRefusesRedirect(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestDiffDirs changes a full copy of a tree, as a container on the native
+// snapshotter would, and checks that the two-tree diff applied in delete
+// mode to another copy of the original gives the changed tree.
+func TestDiffDirs(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	base := t.TempDir()
+	orig, changed, replay := filepath.Join(base, "orig"), filepath.Join(base, "changed"), filepath.Join(base, "replay")
+	for _, d := range []string{orig, changed, replay} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Apply(ctx, d, bytes.NewReader(baseLayer(t))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// No change, no entries.
+	var empty bytes.Buffer
+	if _, err := DiffDirs(ctx, orig, changed, &empty); err != nil {
+		t.Fatal(err)
+	}
+	if n := countEntries(t, empty.Bytes()); n != 0 {
+		t.Errorf("diff of identical trees has %d entries", n)
+	}
+
+	c := func(p string) string { return filepath.Join(changed, p) }
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Remove(c("a/gone")))
+	must(os.RemoveAll(c("b/sub")))
+	must(os.WriteFile(c("b/fresh"), []byte("fresh"), 0o644))
+	must(os.RemoveAll(c("a/gonedir")))
+	must(os.WriteFile(c("a/gonedir"), []byte("dir became a file"), 0o600))
+	must(os.Remove(c("c/old")))
+	must(os.Mkdir(c("c/old"), 0o700)) // file became a dir
+	must(os.WriteFile(c("c/old/inside"), []byte("i"), 0o644))
+	must(os.WriteFile(c("new"), []byte("new"), 0o640))
+	must(os.Link(c("new"), c("new-link")))
+	must(os.Symlink("a/keep", c("link")))
+	must(unix.Mkfifo(c("fifo"), 0o600))
+	must(os.Chmod(c("b/old1"), 0o600))
+	must(unix.Lsetxattr(c("b/old2"), "user.note", []byte("x"), 0))
+	// Same size, same metadata, mtime with no sub-second part: only the
+	// content tells the change.
+	sec := time.Unix(1600000000, 0)
+	must(os.Chtimes(c("a/keep"), sec, sec))
+	must(os.Chtimes(filepath.Join(replay, "a/keep"), sec, sec))
+	must(os.Chtimes(filepath.Join(orig, "a/keep"), sec, sec))
+	must(os.WriteFile(c("a/keep"), []byte("K"), 0o644))
+	must(os.Chtimes(c("a/keep"), sec, sec))
+	want := describe(t, changed)
+
+	var layer bytes.Buffer
+	res, err := DiffDirs(ctx, orig, changed, &layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again bytes.Buffer
+	if _, err := DiffDirs(ctx, orig, changed, &again); err != nil || !bytes.Equal(again.Bytes(), layer.Bytes()) {
+		t.Errorf("DiffDirs not deterministic (%v)", err)
+	}
+	if _, err := Apply(ctx, replay, bytes.NewReader(layer.Bytes()), WithExpectedDiffID(res.DiffID)); err != nil {
+		t.Fatal(err)
+	}
+	if got := describe(t, replay); got != want {
+		t.Errorf("replayed tree differs from the changed one:\n%s\nwant\n%s", got, want)
+	}
+	// Exactly the changes, in order, parents first.
+	if got := strings.Join(entryNames(t, layer.Bytes()), " "); got != wantEntries {
+		t.Errorf("entries:\n%s\nwant\n%s", got, wantEntries)
+	}
+}
+
+const wantEntries = "a/ a/.wh.gone a/gonedir a/keep b/ b/fresh b/old1 b/old2 b/.wh.sub c/ c/old/ c/old/inside fifo link new new-link"
+
+func entryNames(t *testing.T, b []byte) []string {
+	t.Helper()
+	var out []string
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, h.Name)
+	}
+}
+
+func countEntries(t *testing.T, b []byte) int {
+	t.Helper()
+	tr := tar.NewReader(bytes.NewReader(b))
+	n := 0
+	for {
+		_, err := tr.Next()
+		if err == io.EOF {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+}
