@@ -271,7 +271,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 
 	pfd, err := a.root.dir(parent, true)
 	if err != nil {
-		return fmt.Errorf("parent directory %q: %w", parent, err)
+		return fmt.Errorf("parent directory %q: %w", parent, pathErr(err))
 	}
 
 	if hdr.Typeflag == tar.TypeLink && cleanName(hdr.Linkname) == rel {
@@ -388,12 +388,12 @@ func (a *applier) hardlink(pfd int, base string, hdr *tar.Header) error {
 	// link "through" a symlink to /etc lands on <dir>/etc, never /etc.
 	tfd, err := a.root.dir(tparent, false)
 	if err != nil {
-		return fmt.Errorf("hard link target %q: %w", hdr.Linkname, err)
+		return fmt.Errorf("hard link target %q: %w", hdr.Linkname, pathErr(err))
 	}
 	// Flags 0: never follow a symlink target, link the symlink itself, as
 	// tar means.
 	if err := a.create(pfd, base, false, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
-		return fmt.Errorf("hard link to %q: %w", hdr.Linkname, err)
+		return fmt.Errorf("hard link to %q: %w", hdr.Linkname, pathErr(err))
 	}
 	return nil
 }
@@ -530,7 +530,7 @@ func (a *applier) whiteout(parent, base string, hdr *tar.Header) error {
 	if a.cfg.whiteouts == WhiteoutOverlay {
 		pfd, err := a.root.dir(parent, true)
 		if err != nil {
-			return fmt.Errorf("parent directory %q: %w", parent, err)
+			return fmt.Errorf("parent directory %q: %w", parent, pathErr(err))
 		}
 		a.root.invalidate()
 		if err := removeAllAt(pfd, name); err != nil {
@@ -556,7 +556,7 @@ func (a *applier) whiteout(parent, base string, hdr *tar.Header) error {
 		return nil // nothing there to delete
 	}
 	if err != nil {
-		return fmt.Errorf("parent directory %q: %w", parent, err)
+		return fmt.Errorf("parent directory %q: %w", parent, pathErr(err))
 	}
 	a.root.invalidate()
 	if err := removeAllAt(pfd, name); err != nil {
@@ -568,7 +568,7 @@ func (a *applier) whiteout(parent, base string, hdr *tar.Header) error {
 func (a *applier) opaque(dir string) error {
 	fd, err := a.root.dir(dir, true)
 	if err != nil {
-		return fmt.Errorf("opaque directory %q: %w", dir, err)
+		return fmt.Errorf("opaque directory %q: %w", dir, pathErr(err))
 	}
 	if a.cfg.whiteouts == WhiteoutOverlay {
 		if err := unix.Setxattr(procPath(fd), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
@@ -648,4 +648,16 @@ func (a *applier) finish() error {
 		a.root.release()
 	}
 	return nil
+}
+
+// pathErr marks the errors of a path a layer names but that this snapshot
+// cannot resolve (missing, not a directory, a symlink loop, a directory as
+// a hard link target) as the layer's fault, ErrInvalidArgument; other
+// errors (no space, I/O) keep their own meaning.
+func pathErr(err error) error {
+	switch err {
+	case unix.ENOENT, unix.ENOTDIR, unix.ELOOP, unix.EPERM, unix.EXDEV:
+		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	return err
 }

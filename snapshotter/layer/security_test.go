@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/errdefs"
 )
 
 // sandbox is a snapshot dir next to things a malicious layer wants to
@@ -165,6 +168,9 @@ func TestApplyContainsMaliciousLayers(t *testing.T) {
 					// Refused: fine, as long as the error names an entry.
 					if !strings.Contains(err.Error(), "layer entry") {
 						t.Errorf("error does not name the entry: %v", err)
+					}
+					if !errors.Is(err, errdefs.ErrInvalidArgument) {
+						t.Errorf("refusal is not ErrInvalidArgument: %v", err)
 					}
 					t.Logf("refused: %v", err)
 					return
