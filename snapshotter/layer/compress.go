@@ -27,6 +27,7 @@ const (
 	Xz
 )
 
+// String names the compression as the media type suffixes and tools do.
 func (c Compression) String() string {
 	switch c {
 	case Uncompressed:

@@ -1,6 +1,6 @@
 // Package layer applies OCI image layers (tar streams, possibly gzip or zstd
-// compressed) to snapshot directories and produces layer tars from overlay
-// upper directories.
+// compressed) to snapshot directories, and produces layer tars from overlay
+// upper directories (Diff) or from two full trees (DiffDirs), for commit.
 //
 // Apply is the hot path of every pull, so it streams: the compressed blob is
 // decompressed, hashed (the diff ID is the sha256 of the uncompressed tar) and
