@@ -25,10 +25,12 @@ import (
 
 	"github.com/berth-dev/berth/agent/config"
 	"github.com/berth-dev/berth/agent/events"
+	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
 	"github.com/berth-dev/berth/metadata/namespaces"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+	"github.com/berth-dev/berth/snapshotter"
 )
 
 // LockFile is the file under root whose flock marks the root as in use.
@@ -41,9 +43,15 @@ type Agent struct {
 	db     *metadata.DB
 	events *events.Exchange
 	lock   *os.File
-	server *grpc.Server
-	health *health.Server
-	start  time.Time
+	// content holds image blobs by digest, under <root>/content.
+	content *content.LocalStore
+	// snapshots holds unpacked layers and container rootfs, under
+	// <root>/snapshots/<driver>.
+	snapshots   snapshotter.Snapshotter
+	snapshotter string
+	server      *grpc.Server
+	health      *health.Server
+	start       time.Time
 
 	listeners []net.Listener
 	closeOnce sync.Once
@@ -79,14 +87,30 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 			return nil, err
 		}
 	}
+	cs, err := content.NewStore(filepath.Join(cfg.Root, "content"))
+	if err != nil {
+		db.Close()
+		lock.Close()
+		return nil, err
+	}
+	sn, driver, err := openSnapshotter(cfg, log)
+	if err != nil {
+		cs.Close()
+		db.Close()
+		lock.Close()
+		return nil, err
+	}
 	a := &Agent{
-		cfg:    cfg,
-		log:    log,
-		db:     db,
-		events: events.New(cfg.Events.SubscriberBuffer),
-		lock:   lock,
-		health: health.NewServer(),
-		start:  time.Now(),
+		content:     cs,
+		snapshots:   sn,
+		snapshotter: driver,
+		cfg:         cfg,
+		log:         log,
+		db:          db,
+		events:      events.New(cfg.Events.SubscriberBuffer),
+		lock:        lock,
+		health:      health.NewServer(),
+		start:       time.Now(),
 	}
 	a.server = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(a.unaryInterceptor),
@@ -209,6 +233,7 @@ func (a *Agent) Shutdown(ctx context.Context) {
 			<-done
 		}
 		os.Remove(a.cfg.Address)
+		a.closeStores()
 		if err := a.db.Close(); err != nil {
 			a.log.Error("close metadata", "error", err)
 		}
@@ -223,7 +248,43 @@ func (a *Agent) Close() {
 		for _, l := range a.listeners {
 			l.Close()
 		}
+		a.closeStores()
 		a.db.Close()
 		a.lock.Close()
 	})
+}
+
+// openSnapshotter opens the configured snapshotter under <root>/snapshots.
+// "overlay" falls back to the native (copy) snapshotter, with a warning,
+// where overlayfs cannot mount (for instance when root is itself on
+// overlayfs); a root that already holds one driver's snapshots keeps it.
+func openSnapshotter(cfg *config.Config, log *slog.Logger) (snapshotter.Snapshotter, string, error) {
+	dir := filepath.Join(cfg.Root, "snapshots")
+	var sn snapshotter.Snapshotter
+	var err error
+	if cfg.Snapshotter == "native" {
+		sn, err = snapshotter.NewNative(filepath.Join(dir, "native"), snapshotter.WithLogger(log))
+	} else {
+		sn, err = snapshotter.Open(dir, snapshotter.WithLogger(log))
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("snapshotter under %s: %w", dir, err)
+	}
+	driver := "overlay"
+	if _, ok := sn.(*snapshotter.Native); ok {
+		driver = "native"
+		if cfg.Snapshotter == "overlay" {
+			log.Warn("overlayfs cannot be used here; using the native (copy) snapshotter", "root", dir)
+		}
+	}
+	return sn, driver, nil
+}
+
+func (a *Agent) closeStores() {
+	if err := a.snapshots.Close(); err != nil {
+		a.log.Error("close snapshotter", "error", err)
+	}
+	if err := a.content.Close(); err != nil {
+		a.log.Error("close content store", "error", err)
+	}
 }

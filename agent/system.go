@@ -38,7 +38,7 @@ func (s *systemService) Info(ctx context.Context, _ *berthv1.InfoRequest) (*bert
 		CgroupVersion:   cgroupVersion(),
 		CgroupDriver:    "cgroupfs",
 		CgroupParent:    a.cfg.CgroupParent,
-		Snapshotter:     a.cfg.Snapshotter,
+		Snapshotter:     a.snapshotter,
 		OperatingSystem: runtime.GOOS,
 		Architecture:    runtime.GOARCH,
 		Cpus:            int32(runtime.NumCPU()),

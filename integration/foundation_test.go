@@ -25,6 +25,11 @@ func grpcurl(t *testing.T) string {
 	if p := os.Getenv("GRPCURL"); p != "" {
 		return p
 	}
+	if p, err := filepath.Abs("../bin/tools/grpcurl"); err == nil {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
 	p, err := exec.LookPath("grpcurl")
 	if err != nil {
 		t.Fatal("grpcurl not found: run the tests with 'make test', which installs it into bin/tools, or set GRPCURL")
@@ -408,7 +413,7 @@ func TestCtlEventsStream(t *testing.T) {
 // calls go on and another subscriber misses nothing; when the stuck one
 // reads at last, it learns how many events it lost.
 func TestStuckSubscriberLearnsItLostEvents(t *testing.T) {
-	d := startDaemon(t, withConfig("[events]\nsubscriber_buffer = 16\n"))
+	d := startDaemon(t, withConfig("[events]\nsubscriber_buffer = 256\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// A fixed 64 KiB window (which turns off gRPC's dynamic window) bounds
@@ -428,7 +433,7 @@ func TestStuckSubscriberLearnsItLostEvents(t *testing.T) {
 	if _, err := reader.Header(); err != nil {
 		t.Fatal(err)
 	}
-	const total = 2500
+	const total = 4000
 	readerGot := make(chan int, 1)
 	go func() {
 		n := 0
