@@ -1,0 +1,505 @@
+// Package container is Berth's OCI runtime: it turns a bundle's
+// config.json into a process in its own namespaces, rootfs and cgroup,
+// without runc.
+//
+// Lifecycle: Create re-executes the current binary as the container init
+// (see IsInit and Init: the shim's main must call them first), places it
+// in the cgroup, lets it build the rootfs and stops it just before execve;
+// Start lets it exec the user's process; Destroy kills what is left and
+// removes the cgroup.
+//
+// Reaping is not this package's job. The init is a child of the caller,
+// which (in the shim, a child subreaper with one event loop) waits for it
+// through the pidfd Create returns or wait4. Nothing here calls wait on a
+// process it handed out; Create reaps only an init that failed before
+// Create returned, whose pid the caller never saw.
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/shim/container/cgroup"
+)
+
+// Stdio is the init's standard streams. The caller keeps ownership of the
+// files (Create dups them into the child and does not close them); a nil
+// stream is /dev/null. Ignored when Config.Terminal is set.
+type Stdio struct {
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Config describes a container to create.
+type Config struct {
+	// ID names the container; it is the last element of the cgroup path.
+	ID string
+	// Bundle is the bundle directory; a relative spec.Root.Path is
+	// resolved against it.
+	Bundle string
+	// Spec is the parsed config.json. Spec.Process and Spec.Linux are
+	// required, and the namespaces must include a new mount namespace.
+	Spec *specs.Spec
+	// Rootfs, when set, overrides spec.Root.Path.
+	Rootfs string
+	Stdio  Stdio
+	// Terminal gives the process a pty made inside the container; the
+	// master is then Console(). Spec.Process.Terminal has the same effect.
+	Terminal bool
+	// CgroupParent is the cgroup under which the container's group goes
+	// (default cgroup.DefaultParent, "/berth"); the group is
+	// <CgroupParent>/<ID>.
+	CgroupParent string
+	// Logger receives the init's warnings (clamped limits, dropped
+	// capabilities); default slog.Default().
+	Logger *slog.Logger
+}
+
+// Container is a created container. Its methods are safe for concurrent
+// use.
+type Container struct {
+	id      string
+	pid     int
+	pidfd   int
+	cg      cgroup.Manager
+	console *os.File
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	sock    syncSocket // open until Start or Destroy
+	started bool
+	closed  bool
+}
+
+// ErrInitDied is wrapped when the init went away without reporting an
+// error (for example it was killed).
+var ErrInitDied = errors.New("container init exited without a word")
+
+// cloneFlags maps the namespaces that clone(2) creates for us.
+var cloneFlags = map[specs.LinuxNamespaceType]uintptr{
+	specs.MountNamespace:   unix.CLONE_NEWNS,
+	specs.PIDNamespace:     unix.CLONE_NEWPID,
+	specs.UTSNamespace:     unix.CLONE_NEWUTS,
+	specs.IPCNamespace:     unix.CLONE_NEWIPC,
+	specs.NetworkNamespace: unix.CLONE_NEWNET,
+}
+
+// Create starts the container's init and returns once the init has set up
+// the rootfs and is waiting for Start, or with the reason it could not
+// (an *InitError for failures inside the init). On error nothing is left
+// behind: no process, no cgroup.
+func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
+	spec := cfg.Spec
+	switch {
+	case cfg.ID == "":
+		return nil, fmt.Errorf("create container: empty id: %w", errdefs.ErrInvalidArgument)
+	case spec == nil || spec.Process == nil || spec.Linux == nil:
+		return nil, fmt.Errorf("create container %s: spec needs process and linux sections: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	case len(spec.Process.Args) == 0:
+		return nil, fmt.Errorf("create container %s: no process args: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("container", cfg.ID)
+
+	rootfs := cfg.Rootfs
+	if rootfs == "" {
+		if spec.Root == nil || spec.Root.Path == "" {
+			return nil, fmt.Errorf("create container %s: no rootfs: %w", cfg.ID, errdefs.ErrInvalidArgument)
+		}
+		rootfs = spec.Root.Path
+		if !filepath.IsAbs(rootfs) {
+			rootfs = filepath.Join(cfg.Bundle, rootfs)
+		}
+	}
+	rootfs, err := filepath.Abs(rootfs)
+	if err == nil {
+		// pivot_root wants the real path, not one through a symlink.
+		rootfs, err = filepath.EvalSymlinks(rootfs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: rootfs: %w", cfg.ID, err)
+	}
+	if fi, err := os.Stat(rootfs); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("create container %s: rootfs %s is not a directory: %w", cfg.ID, rootfs, errdefs.ErrInvalidArgument)
+	}
+
+	var flags uintptr
+	for _, ns := range spec.Linux.Namespaces {
+		switch ns.Type {
+		case specs.UserNamespace, specs.TimeNamespace:
+			return nil, fmt.Errorf("create container %s: %s namespace: %w", cfg.ID, ns.Type, errdefs.ErrNotImplemented)
+		case specs.MountNamespace, specs.PIDNamespace:
+			if ns.Path != "" {
+				// Joining needs setns before the Go runtime starts threads
+				// (the nsenter constructor), which Create does not use.
+				return nil, fmt.Errorf("create container %s: joining an existing %s namespace: %w", cfg.ID, ns.Type, errdefs.ErrNotImplemented)
+			}
+		}
+		if f, ok := cloneFlags[ns.Type]; ok && ns.Path == "" {
+			flags |= f
+		}
+	}
+	if flags&unix.CLONE_NEWNS == 0 {
+		// pivot_root in the host's mount namespace would take the host
+		// with it.
+		return nil, fmt.Errorf("create container %s: a new mount namespace is required: %w", cfg.ID, errdefs.ErrInvalidArgument)
+	}
+	terminal := cfg.Terminal || spec.Process.Terminal
+
+	cgPath, err := cgroup.GroupPath(cfg.CgroupParent, cfg.ID)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	cg, err := cgroup.New(cgPath, spec.Linux.Resources)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := cg.Delete(); err != nil {
+				log.Warn("remove cgroup after failed create", "path", cgPath, "err", err)
+			}
+		}
+	}()
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: sync socket: %w", cfg.ID, err)
+	}
+	parentSock, childSock := syncSocket{fd: fds[0]}, fds[1]
+
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		parentSock.close()
+		unix.Close(childSock)
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	defer devnull.Close()
+	stdio := []*os.File{cfg.Stdio.Stdin, cfg.Stdio.Stdout, cfg.Stdio.Stderr}
+	files := make([]uintptr, 0, 4)
+	for _, f := range stdio {
+		if f == nil || terminal {
+			f = devnull
+		}
+		files = append(files, f.Fd())
+	}
+	files = append(files, uintptr(childSock))
+
+	pidfd := -1
+	pid, err := syscall.ForkExec("/proc/self/exe", []string{"berth-init", cfg.ID}, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{initEnv + "=1"},
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			Cloneflags: flags,
+			// A session of its own: no signals from the shim's
+			// terminal, and the init can take a pty as its terminal.
+			Setsid: true,
+			PidFD:  &pidfd,
+		},
+	})
+	unix.Close(childSock)
+	if err != nil {
+		parentSock.close()
+		return nil, fmt.Errorf("create container %s: start init: %w", cfg.ID, err)
+	}
+	c := &Container{id: cfg.ID, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log}
+	defer func() {
+		if retErr != nil {
+			c.abort()
+		}
+	}()
+
+	// Into the cgroup before the init reads its config: until then it runs
+	// nothing but the Go runtime's start-up.
+	if err := cg.Add(pid); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+
+	// ctx cancels a Create stuck waiting for the init: shutting the socket
+	// down wakes the blocked recv.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = unix.Shutdown(parentSock.fd, unix.SHUT_RDWR)
+		case <-done:
+		}
+	}()
+
+	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: rootfs, Terminal: terminal}}
+	if err := parentSock.send(boot, -1); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	for {
+		m, f, err := parentSock.recv()
+		if ctx.Err() != nil {
+			closeFile(f)
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, ctx.Err())
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("create container %s: %w", cfg.ID, ErrInitDied)
+			}
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+		switch m.Type {
+		case msgConsole:
+			if f == nil {
+				return nil, fmt.Errorf("create container %s: console message without a pty", cfg.ID)
+			}
+			c.console = f
+		case msgError:
+			closeFile(f)
+			if m.Err == nil {
+				m.Err = &InitError{Stage: "unknown", Message: "no detail"}
+			}
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, m.Err)
+		case msgReady:
+			for _, w := range m.Warnings {
+				log.Warn("container init", "warning", w)
+			}
+			return c, nil
+		default:
+			closeFile(f)
+			return nil, fmt.Errorf("create container %s: unexpected %q message from init", cfg.ID, m.Type)
+		}
+	}
+}
+
+// abort undoes a Create that failed after the init started: kill it, reap
+// it (its pid was never handed out, so no one else will wait for it; an
+// event loop reaping every child may beat us to it, which is fine) and
+// close everything.
+func (c *Container) abort() {
+	_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, c.pidfd, &info, unix.WEXITED, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	c.sock.close()
+	closeFile(c.console)
+	if c.pidfd >= 0 {
+		unix.Close(c.pidfd)
+	}
+}
+
+// ID returns the container's id.
+func (c *Container) ID() string { return c.id }
+
+// Pid returns the init's pid in the caller's pid namespace.
+func (c *Container) Pid() int { return c.pid }
+
+// PidFD returns a pidfd for the init (-1 on kernels without them). It
+// stays owned by the Container and is closed by Destroy; dup it to keep
+// it longer. Poll it for readability to learn of the exit, then reap
+// with waitid(P_PIDFD) or wait4.
+func (c *Container) PidFD() int { return c.pidfd }
+
+// Console returns the pty master when the container has a terminal, or nil.
+// The Container owns it until Destroy.
+func (c *Container) Console() *os.File { return c.console }
+
+// CgroupPath is the container's cgroup, e.g. /berth/<id>.
+func (c *Container) CgroupPath() string { return c.cg.Path() }
+
+// Cgroup exposes the container's cgroup for resource updates.
+func (c *Container) Cgroup() cgroup.Manager { return c.cg }
+
+// Start lets the init exec the user's process. It returns once execve has
+// succeeded, or with an *InitError (e.g. exec permission denied, which
+// InitError.ExitCode maps to 126); after a failed Start the init has
+// exited and must still be reaped by the caller.
+func (c *Container) Start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return fmt.Errorf("start container %s: destroyed: %w", c.id, errdefs.ErrFailedPrecondition)
+	}
+	if c.started {
+		return fmt.Errorf("start container %s: already started: %w", c.id, errdefs.ErrFailedPrecondition)
+	}
+	c.started = true
+	defer func() {
+		c.sock.close()
+		c.sock.fd = -1
+	}()
+	if err := c.sock.send(syncMsg{Type: msgStart}, -1); err != nil {
+		return fmt.Errorf("start container %s: %w", c.id, err)
+	}
+	m, f, err := c.sock.recv()
+	closeFile(f)
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("start container %s: %w", c.id, err)
+	}
+	if m.Type == msgError && m.Err != nil {
+		return fmt.Errorf("start container %s: %w", c.id, m.Err)
+	}
+	return fmt.Errorf("start container %s: unexpected %q message from init", c.id, m.Type)
+}
+
+// Signal sends sig to the init through its pidfd, so a recycled pid can
+// never be hit.
+func (c *Container) Signal(sig syscall.Signal) error {
+	if err := unix.PidfdSendSignal(c.pidfd, sig, nil, 0); err != nil {
+		if err == unix.ESRCH {
+			return fmt.Errorf("signal container %s: init exited: %w", c.id, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("signal container %s: %w", c.id, err)
+	}
+	return nil
+}
+
+// SignalAll sends sig to every process in the container's cgroup. The
+// group is frozen meanwhile so a forking process cannot outrun the list,
+// and thawed after, so a SIGKILL or SIGTERM is acted on.
+func (c *Container) SignalAll(sig syscall.Signal) error {
+	frozen := c.cg.Freeze() == nil
+	pids, err := c.cg.Pids()
+	if err == nil {
+		for _, p := range pids {
+			if kerr := unix.Kill(p, sig); kerr != nil && kerr != unix.ESRCH {
+				err = fmt.Errorf("signal pid %d: %w", p, kerr)
+			}
+		}
+	}
+	if frozen {
+		if terr := c.cg.Thaw(); terr != nil && err == nil {
+			err = terr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("signal all in container %s: %w", c.id, err)
+	}
+	return nil
+}
+
+// Pause freezes every process in the container.
+func (c *Container) Pause() error { return c.cg.Freeze() }
+
+// Resume thaws a paused container.
+func (c *Container) Resume() error { return c.cg.Thaw() }
+
+// Stats reads the container's cgroup counters.
+func (c *Container) Stats() (*cgroup.Stats, error) { return c.cg.Stats() }
+
+// Pids lists the container's processes (host pids).
+func (c *Container) Pids() ([]int, error) { return c.cg.Pids() }
+
+// OOMKilled reports whether the kernel's OOM killer has killed any process
+// of the container.
+func (c *Container) OOMKilled() (bool, error) {
+	n, err := c.cg.OOMKillCount()
+	return n > 0, err
+}
+
+// OOMEvents delivers one value each time the OOM killer kills a process in
+// the container. The watching goroutine ends, closing the channel, when
+// ctx is done or the cgroup goes away; the caller owns it through ctx.
+func (c *Container) OOMEvents(ctx context.Context) (<-chan struct{}, error) {
+	fd, err := c.cg.OOMEventFD()
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("oom events of %s: %w", c.id, err)
+	}
+	// Non-blocking, so the runtime poller owns the wait and Close wakes it.
+	f := os.NewFile(uintptr(fd), "oom-events")
+	last, _ := c.cg.OOMKillCount()
+	ch := make(chan struct{}, 1)
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		}
+		f.Close()
+	}()
+	go func() {
+		defer close(ch)
+		defer close(stop)
+		buf := make([]byte, 4096)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return
+			}
+			n, err := c.cg.OOMKillCount()
+			if err != nil {
+				return // cgroup removed
+			}
+			for ; last < n; last++ {
+				select {
+				case ch <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// Destroy kills every process left in the container, waits (up to ten
+// seconds) for the cgroup to empty and removes it, and releases the
+// pidfd, console and sync socket. It does not reap: the init stays a
+// zombie until the caller's wait. The container's mounts live only in its
+// mount namespace, which the kernel frees with its last process, so there
+// is nothing to unmount on the host. Destroy is idempotent.
+func (c *Container) Destroy() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	// Killing the init (PID 1 of its namespace) kills the namespace; the
+	// cgroup-wide kill catches processes outside it (exec'd ones).
+	_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
+	_ = c.SignalAll(unix.SIGKILL)
+	deadline := time.Now().Add(10 * time.Second)
+	var err error
+	for {
+		err = c.cg.Delete()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("destroy container %s: %w", c.id, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			_ = c.SignalAll(unix.SIGKILL)
+		}
+	}
+	c.closed = true
+	c.sock.close()
+	c.sock.fd = -1
+	closeFile(c.console)
+	if c.pidfd >= 0 {
+		unix.Close(c.pidfd)
+		c.pidfd = -1
+	}
+	return nil
+}

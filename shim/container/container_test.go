@@ -1,0 +1,522 @@
+package container_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/shim/container"
+	"github.com/berth-dev/berth/shim/container/cgroup"
+	"github.com/berth-dev/berth/shim/container/internal/testspec"
+)
+
+const testCgroupParent = "/berth-test"
+
+func TestMain(m *testing.M) {
+	// The re-exec marker: Create runs this test binary as the container
+	// init, which must never reach the test framework.
+	if container.IsInit() {
+		container.Init()
+	}
+	code := m.Run()
+	// The per-test groups are gone by now; drop their parent.
+	for _, h := range []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "perf_event", "net_cls", "net_prio", "hugetlb", "rdma", "unified", ""} {
+		_ = os.Remove(filepath.Join("/sys/fs/cgroup", h, testCgroupParent))
+	}
+	os.Exit(code)
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat(testspec.Busybox); err != nil {
+		t.Skip("needs /bin/busybox (apt-get install busybox-static)")
+	}
+	if cgroup.HostMode() == cgroup.Unavailable {
+		t.Skip("needs cgroups")
+	}
+}
+
+// fixture is one container under test: its rootfs, output file and the
+// cleanup that runs even when the test fails.
+type fixture struct {
+	t      *testing.T
+	rootfs string
+	out    *os.File
+	c      *container.Container
+	reaped bool
+}
+
+func newFixture(t *testing.T) *fixture {
+	needRoot(t)
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := testspec.Rootfs(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, rootfs: rootfs, out: out}
+	t.Cleanup(func() {
+		if f.c != nil {
+			if err := f.c.Destroy(); err != nil {
+				t.Errorf("destroy: %v", err)
+			}
+			if !f.reaped {
+				f.wait(10 * time.Second)
+			}
+		}
+		out.Close()
+	})
+	return f
+}
+
+func (f *fixture) spec(args ...string) *specs.Spec { return testspec.Spec(f.rootfs, args...) }
+
+func (f *fixture) create(spec *specs.Spec) (*container.Container, error) {
+	f.t.Helper()
+	id := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(f.t.Name()))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := container.Create(ctx, container.Config{
+		ID:           id,
+		Bundle:       filepath.Dir(f.rootfs),
+		Spec:         spec,
+		Stdio:        container.Stdio{Stdout: f.out, Stderr: f.out},
+		CgroupParent: testCgroupParent,
+	})
+	if err == nil {
+		f.c = c
+	}
+	return c, err
+}
+
+func (f *fixture) mustStart(spec *specs.Spec) *container.Container {
+	f.t.Helper()
+	c, err := f.create(spec)
+	if err != nil {
+		f.t.Fatalf("create: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		f.t.Fatalf("start: %v", err)
+	}
+	return c
+}
+
+// wait reaps the init the way the shim will (the test process is its
+// parent) and returns its wait status.
+func (f *fixture) wait(timeout time.Duration) syscall.WaitStatus {
+	f.t.Helper()
+	type res struct {
+		ws  syscall.WaitStatus
+		err error
+	}
+	ch := make(chan res, 1)
+	pid := f.c.Pid()
+	go func() {
+		var ws syscall.WaitStatus
+		var err error
+		for {
+			_, err = syscall.Wait4(pid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		ch <- res{ws, err}
+	}()
+	select {
+	case r := <-ch:
+		f.reaped = true
+		if r.err != nil {
+			f.t.Fatalf("wait4 %d: %v", pid, r.err)
+		}
+		return r.ws
+	case <-time.After(timeout):
+		_ = f.c.Destroy()
+		r := <-ch
+		f.reaped = true
+		f.t.Fatalf("container did not exit within %v (killed: %v)", timeout, r.ws)
+		return r.ws
+	}
+}
+
+func (f *fixture) output() string {
+	b, err := os.ReadFile(f.out.Name())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestNamespacesRootfsUser(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sh", "-c", "echo $$; hostname; id; cat /proc/self/cgroup; ls /")
+	spec.Hostname = "web-1"
+	spec.Process.User = specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{10}}
+	c := f.mustStart(spec)
+	ws := f.wait(20 * time.Second)
+	out := f.output()
+	t.Logf("output:\n%s", out)
+	if ws.ExitStatus() != 0 {
+		t.Fatalf("exit status %v", ws)
+	}
+	lines := strings.Split(out, "\n")
+	if lines[0] != "1" {
+		t.Errorf("pid in container = %q, want 1", lines[0])
+	}
+	if lines[1] != "web-1" {
+		t.Errorf("hostname = %q, want web-1", lines[1])
+	}
+	if !strings.HasPrefix(lines[2], "uid=1000(berth) gid=1000(berth) groups=") || !strings.Contains(lines[2], "10(wheel)") {
+		t.Errorf("id = %q, want uid/gid 1000 with group 10", lines[2])
+	}
+	if want := ":" + c.CgroupPath(); !strings.Contains(out, "memory"+want) || !strings.Contains(out, "pids"+want) {
+		t.Errorf("/proc/self/cgroup does not show %s", c.CgroupPath())
+	}
+	if !strings.Contains(out, "\nberth-rootfs\n") || strings.Contains(out, "\nwork\n") {
+		t.Errorf("ls / does not show the container's rootfs")
+	}
+}
+
+func TestCreateRunsNothingUntilStart(t *testing.T) {
+	f := newFixture(t)
+	c, err := f.create(f.spec("touch", "/started"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(filepath.Join(f.rootfs, "started")); err == nil {
+		t.Fatal("marker written before Start")
+	}
+	pids, err := c.Pids()
+	if err != nil || len(pids) != 1 || pids[0] != c.Pid() {
+		t.Errorf("cgroup holds %v (%v), want just the init %d before Start", pids, err, c.Pid())
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if ws := f.wait(10 * time.Second); ws.ExitStatus() != 0 {
+		t.Fatalf("exit %v: %s", ws, f.output())
+	}
+	if _, err := os.Stat(filepath.Join(f.rootfs, "started")); err != nil {
+		t.Fatalf("marker not written after Start: %v", err)
+	}
+	if err := c.Start(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("second Start = %v, want ErrFailedPrecondition", err)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	f := newFixture(t)
+	f.mustStart(f.spec("sh", "-c", "exit 42"))
+	if ws := f.wait(10 * time.Second); !ws.Exited() || ws.ExitStatus() != 42 {
+		t.Fatalf("wait status %v, want exit 42", ws)
+	}
+}
+
+func TestExecutableNotFound(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.create(f.spec("no-such-binary"))
+	if err == nil {
+		t.Fatal("create succeeded")
+	}
+	t.Log(err)
+	var ie *container.InitError
+	if !errors.As(err, &ie) || ie.ExitCode() != 127 || !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("err = %v, want an InitError with exit code 127 wrapping ErrNotFound", err)
+	}
+	if !strings.Contains(err.Error(), `"no-such-binary": executable file not found in $PATH`) {
+		t.Errorf("message not clear: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(f.rootfs, "notexec"), []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.create(f.spec("/notexec"))
+	if !errors.As(err, &ie) || ie.ExitCode() != 126 {
+		t.Fatalf("err = %v, want exit code 126", err)
+	}
+	assertNoCgroup(t, "/berth-test/testexecutablenotfound")
+}
+
+func TestMemoryLimitOOM(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done")
+	limit := int64(32 << 20)
+	spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	c, err := f.create(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := c.OOMEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ws := f.wait(30 * time.Second)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("wait status %v, want killed by SIGKILL", ws)
+	}
+	if oom, err := c.OOMKilled(); err != nil || !oom {
+		t.Fatalf("OOMKilled = %v, %v", oom, err)
+	}
+	select {
+	case _, ok := <-events:
+		if !ok {
+			t.Fatal("oom event channel closed without an event")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no oom event")
+	}
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryLimit != uint64(limit) || st.OOMKills == 0 {
+		t.Errorf("stats: limit %d oom kills %d", st.MemoryLimit, st.OOMKills)
+	}
+}
+
+func TestPidsLimitContainsForkBomb(t *testing.T) {
+	f := newFixture(t)
+	// Each "sleep &" is a new process; a real bomb would only fill the
+	// limit faster.
+	spec := f.spec("sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done; echo spawned; sleep 30")
+	limit := int64(10)
+	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &limit}
+	c := f.mustStart(spec)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(f.output(), "spawned") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, _ := c.Pids()
+	t.Logf("pids.current=%d limit=%d procs=%d output:\n%s", st.PidsCurrent, st.PidsLimit, len(pids), f.output())
+	if st.PidsLimit != 10 || st.PidsCurrent > 10 || st.PidsCurrent < 9 {
+		t.Errorf("pids current %d limit %d, want the limit 10 reached and held", st.PidsCurrent, st.PidsLimit)
+	}
+	if !strings.Contains(f.output(), "fork") {
+		t.Errorf("no fork failure reported")
+	}
+}
+
+func TestCPUQuotaAndFiles(t *testing.T) {
+	f := newFixture(t)
+	if cgroup.HostMode() != cgroup.V1 {
+		t.Skip("checks v1 files")
+	}
+	spec := f.spec("sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/cpu/cpu.shares")
+	quota, period, shares := int64(50000), uint64(100000), uint64(512)
+	spec.Linux.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares, Cpus: "0"}
+	weight := uint16(300)
+	spec.Linux.Resources.BlockIO = &specs.LinuxBlockIO{Weight: &weight}
+	c := f.mustStart(spec)
+	for file, want := range map[string]string{
+		"cpu/cpu.cfs_quota_us":  "50000",
+		"cpu/cpu.cfs_period_us": "100000",
+		"cpu/cpu.shares":        "512",
+		"cpuset/cpuset.cpus":    "0",
+	} {
+		b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", filepath.Dir(file), c.CgroupPath(), filepath.Base(file)))
+		if err != nil {
+			t.Errorf("%s: %v", file, err)
+			continue
+		}
+		if got := strings.TrimSpace(string(b)); got != want {
+			t.Errorf("%s = %s, want %s", file, got, want)
+		}
+	}
+	f.wait(10 * time.Second)
+	if got := strings.Fields(f.output()); strings.Join(got, " ") != "50000 100000 512" {
+		t.Errorf("inside the container the cgroup shows %q", got)
+	}
+}
+
+func TestDefaultSecurity(t *testing.T) {
+	f := newFixture(t)
+	script := `mount -t tmpfs none /mnt 2>/dev/null && echo MOUNT=ok || echo MOUNT=denied
+echo KCORE=$(cat /proc/kcore | wc -c)
+(echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo PROCSYS=rw || echo PROCSYS=ro
+grep -q 'proc/sys proc ro' /proc/mounts && echo PROCSYSMOUNT=ro
+grep CapEff /proc/self/status
+grep CapBnd /proc/self/status
+echo NOFILE=$(ulimit -n)
+ls /dev`
+	f.mustStart(f.spec("sh", "-c", script))
+	f.wait(10 * time.Second)
+	out := f.output()
+	t.Logf("output:\n%s", out)
+	want, err := container.CapabilityMask(testspec.DefaultCaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro",
+		fmt.Sprintf("CapEff:\t%016x", want), fmt.Sprintf("CapBnd:\t%016x", want),
+		"\nnull\n", "\nptmx\n", "\nurandom\n", "\nshm\n", "\nmqueue\n", "\npts\n", "\nstdout\n",
+	} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q", s)
+		}
+	}
+	// The host's hard limit may be below the spec's 1048576: then the
+	// container gets the host's, not an error.
+	var rl unix.Rlimit
+	_ = unix.Getrlimit(unix.RLIMIT_NOFILE, &rl)
+	if wantNofile := min(rl.Max, 1048576); !strings.Contains(out, "NOFILE="+strconv.FormatUint(wantNofile, 10)) {
+		t.Errorf("ulimit -n not %d", wantNofile)
+	}
+}
+
+func TestReadonlyRootfsAndBindMounts(t *testing.T) {
+	f := newFixture(t)
+	shared := t.TempDir()
+	if err := os.WriteFile(filepath.Join(shared, "hello"), []byte("from host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := f.spec("sh", "-c", `touch /x 2>/dev/null && echo ROOT=rw || echo ROOT=ro
+cat /data/hello; touch /data/new 2>/dev/null && echo DATA=rw || echo DATA=ro
+touch /scratch/y && echo SCRATCH=rw`)
+	spec.Root.Readonly = true
+	spec.Mounts = append(spec.Mounts,
+		specs.Mount{Destination: "/data", Type: "bind", Source: shared, Options: []string{"rbind", "ro"}},
+		specs.Mount{Destination: "/scratch", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "size=1m"}},
+	)
+	f.mustStart(spec)
+	f.wait(10 * time.Second)
+	out := f.output()
+	for _, s := range []string{"ROOT=ro", "from host", "DATA=ro", "SCRATCH=rw"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q:\n%s", s, out)
+		}
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sh", "-c", "tty; echo done")
+	spec.Process.Terminal = true
+	c, err := f.create(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Console() == nil {
+		t.Fatal("no console")
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 1024)
+		for {
+			n, err := c.Console().Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil || strings.Contains(string(all), "done") {
+				got <- string(all)
+				return
+			}
+		}
+	}()
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "/dev/pts/0") {
+			t.Errorf("tty said %q, want /dev/pts/0", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no output on the console")
+	}
+	f.wait(10 * time.Second)
+}
+
+func TestPauseResumeSignal(t *testing.T) {
+	f := newFixture(t)
+	c := f.mustStart(f.spec("sh", "-c", "trap 'echo TERM; exit 3' TERM; while true; do sleep 0.1; done"))
+	time.Sleep(200 * time.Millisecond)
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	state, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/freezer", c.CgroupPath(), "freezer.state"))
+	if cgroup.HostMode() == cgroup.V1 && strings.TrimSpace(string(state)) != "FROZEN" {
+		t.Errorf("freezer.state = %q", state)
+	}
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if ws := f.wait(10 * time.Second); ws.ExitStatus() != 3 {
+		t.Errorf("exit %v, want 3", ws)
+	}
+	if !strings.Contains(f.output(), "TERM") {
+		t.Error("trap did not run")
+	}
+}
+
+func TestDestroyLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	c := f.mustStart(f.spec("sh", "-c", "sleep 100 & sleep 100 & sleep 100"))
+	time.Sleep(200 * time.Millisecond)
+	pids, err := c.Pids()
+	if err != nil || len(pids) != 4 {
+		t.Fatalf("pids %v %v, want 4", pids, err)
+	}
+	path := c.CgroupPath()
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	ws := f.wait(10 * time.Second)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("init status %v, want SIGKILL", ws)
+	}
+	for _, p := range pids {
+		if err := unix.Kill(p, 0); err == nil {
+			t.Errorf("pid %d still alive", p)
+		}
+	}
+	assertNoCgroup(t, path)
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mi), f.rootfs) {
+		t.Errorf("mount of %s left on the host", f.rootfs)
+	}
+	if err := c.Destroy(); err != nil {
+		t.Errorf("second Destroy: %v", err)
+	}
+}
+
+func assertNoCgroup(t *testing.T, path string) {
+	t.Helper()
+	ents, _ := os.ReadDir("/sys/fs/cgroup")
+	for _, e := range ents {
+		p := filepath.Join("/sys/fs/cgroup", e.Name(), path)
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("cgroup %s left behind", p)
+		}
+	}
+}
