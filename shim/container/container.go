@@ -443,12 +443,26 @@ func (c *Container) OOMEvents(ctx context.Context) (<-chan struct{}, error) {
 		defer close(stop)
 		buf := make([]byte, 4096)
 		for {
-			if _, err := f.Read(buf); err != nil {
+			_, err := f.Read(buf)
+			if err != nil {
 				return
 			}
-			n, err := c.cg.OOMKillCount()
-			if err != nil {
-				return // cgroup removed
+			// v1 notifies when the group enters OOM, before the killer has
+			// picked a victim and bumped the counter: give it a moment.
+			var n uint64
+			for try := 0; try < 50; try++ {
+				n, err = c.cg.OOMKillCount()
+				if err != nil {
+					return // cgroup removed
+				}
+				if n > last {
+					break
+				}
+				select {
+				case <-time.After(10 * time.Millisecond):
+				case <-ctx.Done():
+					return
+				}
 			}
 			for ; last < n; last++ {
 				select {
