@@ -331,6 +331,9 @@ func TestCPUQuotaAndFiles(t *testing.T) {
 	spec := f.spec("sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/cpu/cpu.shares")
 	quota, period, shares := int64(50000), uint64(100000), uint64(512)
 	spec.Linux.Resources.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares, Cpus: "0"}
+	// This kernel has no blkio.weight: the weight must be dropped, not fail.
+	weight := uint16(300)
+	spec.Linux.Resources.BlockIO = &specs.LinuxBlockIO{Weight: &weight}
 	c := f.mustStart(spec)
 	for file, want := range map[string]string{
 		"cpu/cpu.cfs_quota_us":  "50000",

@@ -3,6 +3,7 @@ package cgroup
 import (
 	"bufio"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,7 @@ type v1 struct {
 }
 
 func newV1(path string, r *specs.LinuxResources) (Manager, error) {
+	r = dropUnsupportedV1(r)
 	cg, err := cgroup1.New(cgroup1.StaticPath(path), r)
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup v1 %s: %w", path, err)
@@ -52,6 +54,7 @@ func (c *v1) Add(pid int) error {
 }
 
 func (c *v1) Update(r *specs.LinuxResources) error {
+	r = dropUnsupportedV1(r)
 	if err := c.cg.Update(r); err != nil {
 		return fmt.Errorf("update cgroup %s: %w", c.path, err)
 	}
@@ -171,4 +174,26 @@ func (c *v1) Delete() error {
 		return fmt.Errorf("delete cgroup %s: %w", c.path, err)
 	}
 	return nil
+}
+
+// dropUnsupportedV1 removes settings the host kernel has no file for, as
+// Docker does, with a warning instead of failing the container: blkio
+// weights exist only with the CFQ or BFQ schedulers, which many kernels
+// lack (this one's blkio.weight is missing).
+func dropUnsupportedV1(r *specs.LinuxResources) *specs.LinuxResources {
+	if r == nil || r.BlockIO == nil {
+		return r
+	}
+	if r.BlockIO.Weight == nil && r.BlockIO.LeafWeight == nil && len(r.BlockIO.WeightDevice) == 0 {
+		return r
+	}
+	if _, err := os.Stat(filepath.Join(v1Root, "blkio", "blkio.weight")); err == nil {
+		return r
+	}
+	slog.Warn("kernel has no blkio.weight (no CFQ/BFQ): block I/O weight discarded")
+	cp := *r
+	bio := *r.BlockIO
+	bio.Weight, bio.LeafWeight, bio.WeightDevice = nil, nil, nil
+	cp.BlockIO = &bio
+	return &cp
 }
