@@ -523,3 +523,52 @@ func assertNoCgroup(t *testing.T, path string) {
 		}
 	}
 }
+
+func TestSeccomp(t *testing.T) {
+	for _, nnp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no_new_privs=%v", nnp), func(t *testing.T) {
+			f := newFixture(t)
+			spec := f.spec("sh", "-c", `mkdir /tmp/d 2>&1; echo MKDIR=$?; grep -E 'Seccomp:|NoNewPrivs:' /proc/self/status; echo ok`)
+			spec.Process.NoNewPrivileges = nnp
+			eperm := uint(unix.EPERM)
+			spec.Linux.Seccomp = &specs.LinuxSeccomp{
+				DefaultAction: specs.ActAllow,
+				Architectures: []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
+				Syscalls: []specs.LinuxSyscall{
+					{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &eperm},
+					// Different arguments: both must match (never here).
+					{Names: []string{"personality"}, Action: specs.ActErrno, Args: []specs.LinuxSeccompArg{
+						{Index: 0, Value: 1, Op: specs.OpEqualTo}, {Index: 1, Value: 2, Op: specs.OpEqualTo},
+					}},
+					{Names: []string{"no_such_syscall_in_any_kernel"}, Action: specs.ActErrno},
+				},
+			}
+			f.mustStart(spec)
+			if ws := f.wait(10 * time.Second); ws.ExitStatus() != 0 {
+				t.Fatalf("exit %v: %s", ws, f.output())
+			}
+			out := f.output()
+			t.Logf("output:\n%s", out)
+			nnpWant := "NoNewPrivs:\t0"
+			if nnp {
+				nnpWant = "NoNewPrivs:\t1"
+			}
+			for _, s := range []string{"Operation not permitted", "MKDIR=1", "Seccomp:\t2", nnpWant, "ok"} {
+				if !strings.Contains(out, s) {
+					t.Errorf("output lacks %q", s)
+				}
+			}
+		})
+	}
+}
+
+func TestSeccompBadProfileFailsCreate(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("true")
+	spec.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_BOGUS"}
+	_, err := f.create(spec)
+	var ie *container.InitError
+	if !errors.As(err, &ie) || ie.Stage != container.StageSeccomp {
+		t.Fatalf("err = %v, want a seccomp-stage InitError", err)
+	}
+}

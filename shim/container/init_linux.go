@@ -140,11 +140,18 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageUser, err)
 	}
 	warnings = append(warnings, w...)
-	seccompEarly := spec.Linux.Seccomp != nil && !proc.NoNewPrivileges
+	var filter *seccompProgram
+	if spec.Linux.Seccomp != nil {
+		// Compiled now so that a bad profile fails Create.
+		if filter, err = compileSeccomp(spec.Linux.Seccomp); err != nil {
+			return newInitError(StageSeccomp, err)
+		}
+	}
+	seccompEarly := filter != nil && !proc.NoNewPrivileges
 	if seccompEarly {
 		// Without no_new_privs, installing a filter takes CAP_SYS_ADMIN,
 		// which the user switch below may drop: install it now.
-		if err := applySeccomp(spec.Linux.Seccomp); err != nil {
+		if err := filter.load(); err != nil {
 			return newInitError(StageSeccomp, err)
 		}
 	}
@@ -174,10 +181,10 @@ func runInit(sock syncSocket) *InitError {
 		}
 		return nil
 	}
-	if spec.Linux.Seccomp != nil && !seccompEarly {
+	if filter != nil && !seccompEarly {
 		// Late, so the filter constrains as little of our own setup as
 		// possible: only close_range and execve run under it.
-		if err := applySeccomp(spec.Linux.Seccomp); err != nil {
+		if err := filter.load(); err != nil {
 			return newInitError(StageSeccomp, err)
 		}
 	}
