@@ -70,6 +70,7 @@ type Config struct {
 // use.
 type Container struct {
 	id      string
+	spec    *specs.Spec
 	pid     int
 	pidfd   int
 	cg      cgroup.Manager
@@ -217,7 +218,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		parentSock.close()
 		return nil, fmt.Errorf("create container %s: start init: %w", cfg.ID, err)
 	}
-	c := &Container{id: cfg.ID, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log}
+	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log}
 	defer func() {
 		if retErr != nil {
 			c.abort()
@@ -288,13 +289,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 // close everything.
 func (c *Container) abort() {
 	_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
-	for {
-		var info unix.Siginfo
-		err := unix.Waitid(unix.P_PIDFD, c.pidfd, &info, unix.WEXITED, nil)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	waitPidfd(c.pidfd)
 	c.sock.close()
 	closeFile(c.console)
 	if c.pidfd >= 0 {

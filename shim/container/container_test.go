@@ -29,6 +29,12 @@ func TestMain(m *testing.M) {
 	if container.IsInit() {
 		container.Init()
 	}
+	// Like the shim: a subreaper, so processes Exec starts (whose first
+	// parent is a helper that exits) are reparented to us for reaping.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "subreaper:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	// The per-test groups are gone by now; drop their parent.
 	for _, h := range []string{"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "perf_event", "net_cls", "net_prio", "hugetlb", "rdma", "unified", ""} {
@@ -570,5 +576,96 @@ func TestSeccompBadProfileFailsCreate(t *testing.T) {
 	var ie *container.InitError
 	if !errors.As(err, &ie) || ie.Stage != container.StageSeccomp {
 		t.Fatalf("err = %v, want a seccomp-stage InitError", err)
+	}
+}
+
+func waitPid(t *testing.T, pid int, timeout time.Duration) syscall.WaitStatus {
+	t.Helper()
+	ch := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(pid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		ch <- ws
+	}()
+	select {
+	case ws := <-ch:
+		return ws
+	case <-time.After(timeout):
+		_ = unix.Kill(pid, unix.SIGKILL)
+		<-ch
+		t.Fatalf("pid %d did not exit within %v", pid, timeout)
+		return 0
+	}
+}
+
+func TestExec(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sleep", "100")
+	spec.Hostname = "exec-host"
+	c := f.mustStart(spec)
+
+	out, err := os.Create(filepath.Join(t.TempDir(), "exec-out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	proc := *spec.Process
+	proc.Args = []string{"sh", "-c", "echo PID=$$; hostname; id; cat /proc/self/cgroup; ls /; grep CapEff /proc/self/status; ps -o pid,comm"}
+	proc.User = specs.User{UID: 1000, GID: 1000}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := c.Exec(ctx, &proc, container.Stdio{Stdout: out, Stderr: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p.PidFD)
+	if ws := waitPid(t, p.Pid, 10*time.Second); ws.ExitStatus() != 0 {
+		t.Errorf("exec exit %v", ws)
+	}
+	b, _ := os.ReadFile(out.Name())
+	got := string(b)
+	t.Logf("exec output:\n%s", got)
+	want, err := container.CapabilityMask(testspec.DefaultCaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		"exec-host", "uid=1000(berth)", "pids:" + c.CgroupPath(), "memory:" + c.CgroupPath(),
+		"\nberth-rootfs\n", "CapEff:\t0000000000000000", "    1 sleep",
+	} {
+		if !strings.Contains(got, s) {
+			t.Errorf("exec output lacks %q", s)
+		}
+	}
+	if strings.Contains(got, "PID=1\n") {
+		t.Error("exec'd process is PID 1")
+	}
+
+	// Root with the default caps sees them as effective.
+	proc.User = specs.User{}
+	proc.Args = []string{"grep", "CapEff", "/proc/self/status"}
+	out2, _ := os.Create(filepath.Join(t.TempDir(), "exec-out2"))
+	defer out2.Close()
+	p2, err := c.Exec(ctx, &proc, container.Stdio{Stdout: out2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(p2.PidFD)
+	waitPid(t, p2.Pid, 10*time.Second)
+	b, _ = os.ReadFile(out2.Name())
+	if wantCap := fmt.Sprintf("CapEff:\t%016x", want); !strings.Contains(string(b), wantCap) {
+		t.Errorf("root exec: %q, want %q", b, wantCap)
+	}
+
+	proc.Args = []string{"no-such-tool"}
+	_, err = c.Exec(ctx, &proc, container.Stdio{})
+	var ie *container.InitError
+	if !errors.As(err, &ie) || ie.ExitCode() != 127 {
+		t.Errorf("exec of a missing binary: %v, want exit code 127", err)
 	}
 }

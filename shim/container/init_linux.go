@@ -20,16 +20,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// initEnv marks a process as a container init. It is the only variable in
-// the init's environment; the user's environment comes from the spec at
-// execve.
-const initEnv = "_BERTH_INIT"
+// initEnv marks a process as a container init ("1") or as a process being
+// exec'd into a running container ("exec", with nsenter.EnvFlags beside
+// it). These are the only variables in its environment; the user's
+// environment comes from the spec at execve.
+const (
+	initEnv       = "_BERTH_INIT"
+	initEnvCreate = "1"
+	initEnvExec   = "exec"
+)
 
 // initSyncFD is where Create puts the init's end of the sync socket.
 const initSyncFD = 3
 
 func init() {
-	if os.Getenv(initEnv) == "1" {
+	if os.Getenv(initEnv) != "" {
 		// Namespace, capability and no_new_privs changes apply to the
 		// calling thread, and execve keeps only the thread that calls it:
 		// the whole init must run on one thread, the main one, from here
@@ -41,7 +46,7 @@ func init() {
 // IsInit reports whether this process was started by Create as a
 // container init. main (or TestMain) must check it first thing and, if
 // true, call Init.
-func IsInit() bool { return os.Getenv(initEnv) == "1" }
+func IsInit() bool { return os.Getenv(initEnv) != "" }
 
 // Init runs the container init and never returns: it execs the user's
 // process or exits with status 1 after telling the parent why. Call it only
@@ -50,7 +55,12 @@ func IsInit() bool { return os.Getenv(initEnv) == "1" }
 func Init() {
 	sock := syncSocket{fd: initSyncFD}
 	unix.CloseOnExec(initSyncFD)
-	ierr := runInit(sock)
+	var ierr *InitError
+	if os.Getenv(initEnv) == initEnvExec {
+		ierr = runExecInit(sock)
+	} else {
+		ierr = runInit(sock)
+	}
 	if ierr != nil {
 		_ = sock.send(syncMsg{Type: msgError, Err: ierr}, -1)
 	}
@@ -93,7 +103,7 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageRootfs, err)
 	}
 	if cfg.Terminal {
-		if err := setupConsole(sock); err != nil {
+		if err := setupConsole(sock, true); err != nil {
 			return newInitError(StageConsole, err)
 		}
 	}
@@ -121,53 +131,11 @@ func runInit(sock syncSocket) *InitError {
 		}
 	}
 
-	proc := spec.Process
-	env := proc.Env
-	cwd := proc.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	if err := unix.Chdir(cwd); err != nil {
-		return newInitError(StageProcess, fmt.Errorf("chdir to cwd %q: %w", cwd, err))
-	}
-	path, err := lookPath(proc.Args[0], env)
-	if err != nil {
-		return newInitError(StageLookup, err)
-	}
-
-	caps, w, err := resolveCaps(proc.Capabilities)
-	if err != nil {
-		return newInitError(StageUser, err)
+	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, spec.Linux.Seccomp)
+	if ierr != nil {
+		return ierr
 	}
 	warnings = append(warnings, w...)
-	var filter *seccompProgram
-	if spec.Linux.Seccomp != nil {
-		// Compiled now so that a bad profile fails Create.
-		if filter, err = compileSeccomp(spec.Linux.Seccomp); err != nil {
-			return newInitError(StageSeccomp, err)
-		}
-	}
-	seccompEarly := filter != nil && !proc.NoNewPrivileges
-	if seccompEarly {
-		// Without no_new_privs, installing a filter takes CAP_SYS_ADMIN,
-		// which the user switch below may drop: install it now.
-		if err := filter.load(); err != nil {
-			return newInitError(StageSeccomp, err)
-		}
-	}
-	if err := setUser(proc, caps); err != nil {
-		return newInitError(StageUser, err)
-	}
-	if proc.NoNewPrivileges {
-		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return newInitError(StageUser, fmt.Errorf("set no_new_privs: %w", err))
-		}
-	}
-	// The cwd may be readable only by the user; chdir again as them so a
-	// failure shows here rather than as an odd execve error.
-	if err := unix.Chdir(cwd); err != nil {
-		return newInitError(StageUser, fmt.Errorf("chdir to cwd %q as uid %d: %w", cwd, proc.User.UID, err))
-	}
 
 	if err := sock.send(syncMsg{Type: msgReady, Warnings: warnings}, -1); err != nil {
 		return nil // parent gone
@@ -181,7 +149,66 @@ func runInit(sock syncSocket) *InitError {
 		}
 		return nil
 	}
-	if filter != nil && !seccompEarly {
+	if seccompEarly {
+		filter = nil
+	}
+	return execProcess(path, spec.Process, filter)
+}
+
+// prepareProcess does the per-process part shared by the init and exec:
+// cwd, executable lookup, seccomp compilation, user and capabilities,
+// no_new_privs. When early is true the filter is already loaded (a
+// filter without no_new_privs must be); otherwise the caller loads it last.
+func prepareProcess(proc *specs.Process, sc *specs.LinuxSeccomp) (path string, filter *seccompProgram, early bool, warnings []string, ierr *InitError) {
+	cwd := proc.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	if err := unix.Chdir(cwd); err != nil {
+		return "", nil, false, nil, newInitError(StageProcess, fmt.Errorf("chdir to cwd %q: %w", cwd, err))
+	}
+	path, err := lookPath(proc.Args[0], proc.Env)
+	if err != nil {
+		return "", nil, false, nil, newInitError(StageLookup, err)
+	}
+	caps, warnings, err := resolveCaps(proc.Capabilities)
+	if err != nil {
+		return "", nil, false, nil, newInitError(StageUser, err)
+	}
+	if sc != nil {
+		// Compiled now so that a bad profile fails Create.
+		if filter, err = compileSeccomp(sc); err != nil {
+			return "", nil, false, nil, newInitError(StageSeccomp, err)
+		}
+	}
+	early = filter != nil && !proc.NoNewPrivileges
+	if early {
+		// Without no_new_privs, installing a filter takes CAP_SYS_ADMIN,
+		// which the user switch below may drop: install it now.
+		if err := filter.load(); err != nil {
+			return "", nil, false, nil, newInitError(StageSeccomp, err)
+		}
+	}
+	if err := setUser(proc, caps); err != nil {
+		return "", nil, false, nil, newInitError(StageUser, err)
+	}
+	if proc.NoNewPrivileges {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return "", nil, false, nil, newInitError(StageUser, fmt.Errorf("set no_new_privs: %w", err))
+		}
+	}
+	// The cwd may be readable only by the user; chdir again as them so a
+	// failure shows here rather than as an odd execve error.
+	if err := unix.Chdir(cwd); err != nil {
+		return "", nil, false, nil, newInitError(StageUser, fmt.Errorf("chdir to cwd %q as uid %d: %w", cwd, proc.User.UID, err))
+	}
+	return path, filter, early, warnings, nil
+}
+
+// execProcess loads the late seccomp filter, if any, and execs. It
+// returns only on failure.
+func execProcess(path string, proc *specs.Process, filter *seccompProgram) *InitError {
+	if filter != nil {
 		// Late, so the filter constrains as little of our own setup as
 		// possible: only close_range and execve run under it.
 		if err := filter.load(); err != nil {
@@ -189,8 +216,61 @@ func runInit(sock syncSocket) *InitError {
 		}
 	}
 	closeLeakedFDs()
-	err = unix.Exec(path, proc.Args, env)
+	err := unix.Exec(path, proc.Args, proc.Env)
 	return newInitError(StageExec, fmt.Errorf("exec %q: %w", path, err))
+}
+
+// runExecInit is the Go half of an exec: the nsenter constructor has put
+// this process in the container's namespaces (and the parent in its
+// cgroup). There is no start barrier: the process runs as soon as it is
+// set up.
+func runExecInit(sock syncSocket) *InitError {
+	m, _, err := sock.recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return newInitError(StageBootstrap, err)
+	}
+	if m.Type != msgBootstrap || m.Config == nil || m.Config.Spec == nil || m.Config.Spec.Process == nil || len(m.Config.Spec.Process.Args) == 0 {
+		return &InitError{Stage: StageBootstrap, Message: fmt.Sprintf("unexpected %q message", m.Type), Errno: unix.EPROTO}
+	}
+	spec := m.Config.Spec
+	// Our own session, as the container's processes have: the shim's
+	// terminal signals must not reach it, and a pty needs a session leader.
+	_, _ = unix.Setsid()
+	if m.Config.Terminal {
+		if err := setupConsole(sock, false); err != nil {
+			return newInitError(StageConsole, err)
+		}
+	}
+	var warnings []string
+	if w, err := setOOMScoreAdj(spec.Process.OOMScoreAdj); err != nil {
+		return newInitError(StageProcess, err)
+	} else if w != "" {
+		warnings = append(warnings, w)
+	}
+	w, err := setRlimits(spec.Process.Rlimits)
+	if err != nil {
+		return newInitError(StageProcess, err)
+	}
+	warnings = append(warnings, w...)
+	var sc *specs.LinuxSeccomp
+	if spec.Linux != nil {
+		sc = spec.Linux.Seccomp
+	}
+	path, filter, early, w, ierr := prepareProcess(spec.Process, sc)
+	if ierr != nil {
+		return ierr
+	}
+	warnings = append(warnings, w...)
+	if err := sock.send(syncMsg{Type: msgReady, Warnings: warnings}, -1); err != nil {
+		return nil
+	}
+	if early {
+		filter = nil
+	}
+	return execProcess(path, spec.Process, filter)
 }
 
 func hasNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) bool {
@@ -306,7 +386,7 @@ func setRlimits(rls []specs.POSIXRlimit) ([]string, error) {
 // so the slave's /dev/pts/N exists inside the container, sends the master
 // to the parent, and makes the slave this process's controlling terminal
 // and stdio. Create started us with Setsid, so we have no terminal yet.
-func setupConsole(sock syncSocket) error {
+func setupConsole(sock syncSocket, devConsole bool) error {
 	master, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/ptmx: %w", err)
@@ -326,9 +406,11 @@ func setupConsole(sock syncSocket) error {
 	}
 	defer unix.Close(slave)
 	// /dev/console is the pty too, as in runc, for programs that write to it.
-	if f, err := os.OpenFile("/dev/console", os.O_CREATE|os.O_RDONLY, 0o600); err == nil {
-		f.Close()
-		_ = unix.Mount(slavePath, "/dev/console", "", unix.MS_BIND, "")
+	if devConsole {
+		if f, err := os.OpenFile("/dev/console", os.O_CREATE|os.O_RDONLY, 0o600); err == nil {
+			f.Close()
+			_ = unix.Mount(slavePath, "/dev/console", "", unix.MS_BIND, "")
+		}
 	}
 	if err := sock.send(syncMsg{Type: msgConsole}, master); err != nil {
 		return err

@@ -53,6 +53,9 @@ const (
 	msgReady     = "ready"
 	msgStart     = "start"
 	msgError     = "error"
+	// msgPid comes from the nsenter constructor during Exec, with the
+	// new process's pidfd attached (see nsenter/nsenter.go).
+	msgPid = "pid"
 )
 
 // maxSyncMsg bounds one datagram; a config.json of a few hundred KiB is
@@ -64,6 +67,7 @@ type syncMsg struct {
 	Config   *initConfig `json:"config,omitempty"`
 	Err      *InitError  `json:"error,omitempty"`
 	Warnings []string    `json:"warnings,omitempty"`
+	Pid      int         `json:"pid,omitempty"` // msgPid: the exec'd process, host pid
 }
 
 // initConfig is what the init needs beyond the spec itself.
