@@ -245,6 +245,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 
 	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: rootfs, Terminal: terminal}}
 	if err := parentSock.send(boot, -1); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	for {
@@ -337,6 +340,11 @@ func (c *Container) Start() error {
 		c.sock.close()
 		c.sock.fd = -1
 	}()
+	// EOF after start means "exec'd"; an init that died before start (a
+	// stray kill) would look the same, so rule that out first.
+	if exited(c.pidfd) {
+		return fmt.Errorf("start container %s: %w", c.id, ErrInitDied)
+	}
 	if err := c.sock.send(syncMsg{Type: msgStart}, -1); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)
 	}
@@ -354,6 +362,14 @@ func (c *Container) Start() error {
 	return fmt.Errorf("start container %s: unexpected %q message from init", c.id, m.Type)
 }
 
+// exited reports whether the process behind pidfd has exited: a pidfd
+// polls readable from that moment.
+func exited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
 // Signal sends sig to the init through its pidfd, so a recycled pid can
 // never be hit.
 func (c *Container) Signal(sig syscall.Signal) error {
@@ -366,11 +382,16 @@ func (c *Container) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// SignalAll sends sig to every process in the container's cgroup. The
-// group is frozen meanwhile so a forking process cannot outrun the list,
-// and thawed after, so a SIGKILL or SIGTERM is acted on.
+// SignalAll sends sig to every process in the container's cgroup. A
+// running group is frozen meanwhile so a forking process cannot outrun the
+// list, and thawed after. A paused container stays paused, except that
+// SIGKILL thaws it: frozen processes cannot act on a kill.
 func (c *Container) SignalAll(sig syscall.Signal) error {
-	frozen := c.cg.Freeze() == nil
+	paused, _ := c.cg.Frozen()
+	frozen := paused
+	if !paused {
+		frozen = c.cg.Freeze() == nil
+	}
 	pids, err := c.cg.Pids()
 	if err == nil {
 		for _, p := range pids {
@@ -379,7 +400,7 @@ func (c *Container) SignalAll(sig syscall.Signal) error {
 			}
 		}
 	}
-	if frozen {
+	if frozen && (!paused || sig == unix.SIGKILL) {
 		if terr := c.cg.Thaw(); terr != nil && err == nil {
 			err = terr
 		}
@@ -392,6 +413,9 @@ func (c *Container) SignalAll(sig syscall.Signal) error {
 
 // Pause freezes every process in the container.
 func (c *Container) Pause() error { return c.cg.Freeze() }
+
+// Paused reports whether the container is frozen.
+func (c *Container) Paused() (bool, error) { return c.cg.Frozen() }
 
 // Resume thaws a paused container.
 func (c *Container) Resume() error { return c.cg.Thaw() }

@@ -371,6 +371,7 @@ grep -q 'proc/sys proc ro' /proc/mounts && echo PROCSYSMOUNT=ro
 grep CapEff /proc/self/status
 grep CapBnd /proc/self/status
 echo NOFILE=$(ulimit -n)
+echo NET=$(ls /sys/class/net) LOFLAGS=$(cat /sys/class/net/lo/flags)
 ls /dev`
 	f.mustStart(f.spec("sh", "-c", script))
 	f.wait(10 * time.Second)
@@ -381,7 +382,7 @@ ls /dev`
 		t.Fatal(err)
 	}
 	for _, s := range []string{
-		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro",
+		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro", "NET=lo LOFLAGS=0x9",
 		fmt.Sprintf("CapEff:\t%016x", want), fmt.Sprintf("CapBnd:\t%016x", want),
 		"\nnull\n", "\nptmx\n", "\nurandom\n", "\nshm\n", "\nmqueue\n", "\npts\n", "\nstdout\n",
 	} {
@@ -424,8 +425,9 @@ touch /scratch/y && echo SCRATCH=rw`)
 
 func TestTerminal(t *testing.T) {
 	f := newFixture(t)
-	spec := f.spec("sh", "-c", "tty; echo done")
+	spec := f.spec("sh", "-c", "tty; stty size; echo done")
 	spec.Process.Terminal = true
+	spec.Process.ConsoleSize = &specs.Box{Height: 40, Width: 100}
 	c, err := f.create(spec)
 	if err != nil {
 		t.Fatal(err)
@@ -451,8 +453,8 @@ func TestTerminal(t *testing.T) {
 	}()
 	select {
 	case s := <-got:
-		if !strings.Contains(s, "/dev/pts/0") {
-			t.Errorf("tty said %q, want /dev/pts/0", s)
+		if !strings.Contains(s, "/dev/pts/0") || !strings.Contains(s, "40 100") {
+			t.Errorf("console said %q, want /dev/pts/0 and size 40 100", s)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no output on the console")
@@ -667,5 +669,88 @@ func TestExec(t *testing.T) {
 	var ie *container.InitError
 	if !errors.As(err, &ie) || ie.ExitCode() != 127 {
 		t.Errorf("exec of a missing binary: %v, want exit code 127", err)
+	}
+}
+
+func TestDestroyBeforeStart(t *testing.T) {
+	f := newFixture(t)
+	c, err := f.create(f.spec("touch", "/started"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := c.CgroupPath()
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if ws := f.wait(10 * time.Second); !ws.Signaled() {
+		t.Errorf("init status %v, want killed", ws)
+	}
+	if _, err := os.Stat(filepath.Join(f.rootfs, "started")); err == nil {
+		t.Error("the process ran although never started")
+	}
+	assertNoCgroup(t, path)
+	if err := c.Start(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Start after Destroy = %v", err)
+	}
+}
+
+func TestStartAfterInitKilled(t *testing.T) {
+	f := newFixture(t)
+	c, err := f.create(f.spec("true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := c.Start(); !errors.Is(err, container.ErrInitDied) {
+		t.Errorf("Start = %v, want ErrInitDied", err)
+	}
+}
+
+func TestCreateCanceled(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := container.Create(ctx, container.Config{ID: "canceled", Spec: f.spec("true"), CgroupParent: testCgroupParent})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+	assertNoCgroup(t, testCgroupParent+"/canceled")
+}
+
+func TestDuplicateIDRefused(t *testing.T) {
+	f := newFixture(t)
+	c := f.mustStart(f.spec("sleep", "100"))
+	_, err := container.Create(context.Background(), container.Config{
+		ID: f.c.ID(), Spec: f.spec("true"), CgroupParent: testCgroupParent,
+	})
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("second create with id %s: %v, want ErrAlreadyExists", c.ID(), err)
+	}
+	if pids, _ := c.Pids(); len(pids) != 1 {
+		t.Errorf("first container disturbed: pids %v", pids)
+	}
+}
+
+func TestSignalAllKeepsPause(t *testing.T) {
+	f := newFixture(t)
+	c := f.mustStart(f.spec("sh", "-c", "trap '' TERM; sleep 100 & wait"))
+	time.Sleep(200 * time.Millisecond)
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SignalAll(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if paused, err := c.Paused(); err != nil || !paused {
+		t.Errorf("after SignalAll(TERM) paused = %v, %v; want still paused", paused, err)
+	}
+	if err := c.SignalAll(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if ws := f.wait(10 * time.Second); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("status %v, want SIGKILL", ws)
 	}
 }

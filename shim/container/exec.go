@@ -132,9 +132,15 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	if err := unix.Sendmsg(sock.fd, []byte("g"), nil, nil, 0); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return nil, fmt.Errorf("exec in %s: release helper: %w", c.id, err)
 	}
 	m, pf, err := sock.recv()
+	if err != nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = ErrInitDied

@@ -85,6 +85,16 @@ func runInit(sock syncSocket) *InitError {
 	if err := joinNamespaces(spec.Linux.Namespaces); err != nil {
 		return newInitError(StageNamespaces, err)
 	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace && ns.Path == "" {
+			// A new network namespace has only lo, and down; Docker's
+			// "--network none" has it up, and so should every
+			// container. Other interfaces are the agent's (CNI's) work.
+			if err := loopbackUp(); err != nil {
+				return newInitError(StageNamespaces, err)
+			}
+		}
+	}
 
 	// oom_score_adj and rlimits first: they limit the setup itself too.
 	if w, err := setOOMScoreAdj(spec.Process.OOMScoreAdj); err != nil {
@@ -103,7 +113,7 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageRootfs, err)
 	}
 	if cfg.Terminal {
-		if err := setupConsole(sock, true); err != nil {
+		if err := setupConsole(sock, true, spec.Process.ConsoleSize); err != nil {
 			return newInitError(StageConsole, err)
 		}
 	}
@@ -240,7 +250,7 @@ func runExecInit(sock syncSocket) *InitError {
 	// terminal signals must not reach it, and a pty needs a session leader.
 	_, _ = unix.Setsid()
 	if m.Config.Terminal {
-		if err := setupConsole(sock, false); err != nil {
+		if err := setupConsole(sock, false, spec.Process.ConsoleSize); err != nil {
 			return newInitError(StageConsole, err)
 		}
 	}
@@ -325,6 +335,27 @@ func joinNamespaces(nss []specs.LinuxNamespace) error {
 	return nil
 }
 
+// loopbackUp sets IFF_UP on lo in the current network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: get flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: set flags: %w", err)
+	}
+	return nil
+}
+
 // setOOMScoreAdj applies the spec's score. Lowering it takes
 // CAP_SYS_RESOURCE, which some hosts withhold even from root; then the
 // score stays as inherited and a warning says so.
@@ -386,7 +417,7 @@ func setRlimits(rls []specs.POSIXRlimit) ([]string, error) {
 // so the slave's /dev/pts/N exists inside the container, sends the master
 // to the parent, and makes the slave this process's controlling terminal
 // and stdio. Create started us with Setsid, so we have no terminal yet.
-func setupConsole(sock syncSocket, devConsole bool) error {
+func setupConsole(sock syncSocket, devConsole bool, size *specs.Box) error {
 	master, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/ptmx: %w", err)
@@ -398,6 +429,12 @@ func setupConsole(sock syncSocket, devConsole bool) error {
 	n, err := unix.IoctlGetUint32(master, unix.TIOCGPTN)
 	if err != nil {
 		return fmt.Errorf("pty number: %w", err)
+	}
+	if size != nil {
+		ws := &unix.Winsize{Row: uint16(size.Height), Col: uint16(size.Width)}
+		if err := unix.IoctlSetWinsize(master, unix.TIOCSWINSZ, ws); err != nil {
+			return fmt.Errorf("set console size: %w", err)
+		}
 	}
 	slavePath := "/dev/pts/" + strconv.FormatUint(uint64(n), 10)
 	slave, err := unix.Open(slavePath, unix.O_RDWR|unix.O_NOCTTY, 0)

@@ -37,6 +37,8 @@ type Manager interface {
 	// Freeze stops every process in the group; Thaw resumes them.
 	Freeze() error
 	Thaw() error
+	// Frozen reports whether the group is frozen (paused).
+	Frozen() (bool, error)
 	// Pids lists the processes in the group, recursively.
 	Pids() ([]int, error)
 	// Stats reads usage counters.
@@ -127,6 +129,13 @@ func GroupPath(parent, id string) (string, error) {
 func New(path string, r *specs.LinuxResources) (Manager, error) {
 	if r == nil {
 		r = &specs.LinuxResources{}
+	}
+	// Two containers must never share a group: Destroy of one would kill
+	// the other.
+	if old, err := Load(path); err == nil {
+		if pids, err := old.Pids(); err == nil && len(pids) > 0 {
+			return nil, fmt.Errorf("cgroup %s has %d processes: %w", path, len(pids), errdefs.ErrAlreadyExists)
+		}
 	}
 	switch HostMode() {
 	case V1:

@@ -75,6 +75,14 @@ func (c *v1) Thaw() error {
 	return nil
 }
 
+func (c *v1) Frozen() (bool, error) {
+	b, err := os.ReadFile(filepath.Join(v1Root, "freezer", c.path, "freezer.state"))
+	if err != nil {
+		return false, fmt.Errorf("freezer state of cgroup %s: %w", c.path, err)
+	}
+	return strings.TrimSpace(string(b)) == "FROZEN", nil
+}
+
 func (c *v1) Pids() ([]int, error) {
 	// The pids controller sees every task; fall back to the freezer or
 	// memory hierarchy on hosts that lack it.

@@ -251,6 +251,14 @@ func (c *v2) Thaw() error {
 	return nil
 }
 
+func (c *v2) Frozen() (bool, error) {
+	b, err := os.ReadFile(filepath.Join(c.dir(), "cgroup.freeze"))
+	if err != nil {
+		return false, fmt.Errorf("freezer state of cgroup %s: %w", c.path, err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
 func (c *v2) Pids() ([]int, error) {
 	procs, err := c.m.Procs(true)
 	if err != nil {
