@@ -243,7 +243,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 	}()
 
-	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: rootfs, Terminal: terminal}}
+	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
 	if err := parentSock.send(boot, -1); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()

@@ -754,3 +754,29 @@ func TestSignalAllKeepsPause(t *testing.T) {
 		t.Errorf("status %v, want SIGKILL", ws)
 	}
 }
+
+func TestOOMScoreAdjClamped(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("cat", "/proc/self/oom_score_adj")
+	// Lowering the score takes CAP_SYS_RESOURCE; hosts that withhold it
+	// get the inherited score and a warning, not a failed container.
+	low := -999
+	spec.Process.OOMScoreAdj = &low
+	f.mustStart(spec)
+	f.wait(10 * time.Second)
+	own, _ := os.ReadFile("/proc/self/oom_score_adj")
+	got := strings.TrimSpace(f.output())
+	if got != "-999" && got != strings.TrimSpace(string(own)) {
+		t.Errorf("oom_score_adj %q, want -999 or the inherited %s", got, own)
+	}
+
+	g := newFixture(t)
+	spec = g.spec("cat", "/proc/self/oom_score_adj")
+	high := 500
+	spec.Process.OOMScoreAdj = &high
+	g.mustStart(spec)
+	g.wait(10 * time.Second)
+	if got := strings.TrimSpace(g.output()); got != "500" {
+		t.Errorf("oom_score_adj %q, want 500", got)
+	}
+}

@@ -55,6 +55,11 @@ func IsInit() bool { return os.Getenv(initEnv) != "" }
 func Init() {
 	sock := syncSocket{fd: initSyncFD}
 	unix.CloseOnExec(initSyncFD)
+	// Not dumpable until execve, so no process in the container can open
+	// /proc/<init>/exe and reach the shim's binary (runc's CVE-2019-5736);
+	// execve of the user's program resets it. (Exec's nsenter constructor
+	// does the same before joining the namespaces.)
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	var ierr *InitError
 	if os.Getenv(initEnv) == initEnvExec {
 		ierr = runExecInit(sock)
@@ -108,7 +113,7 @@ func runInit(sock syncSocket) *InitError {
 	}
 	warnings = append(warnings, w...)
 
-	rs, err := prepareRootfs(spec, cfg.Rootfs)
+	rs, err := prepareRootfs(spec, cfg.Rootfs, cfg.Bundle)
 	if err != nil {
 		return newInitError(StageRootfs, err)
 	}

@@ -139,6 +139,7 @@ func mount(source, target, fstype string, flags uintptr, data string) error {
 type rootfsSetup struct {
 	spec     *specs.Spec
 	rootfs   string
+	bundle   string   // base of relative bind-mount sources
 	devTmpfs bool     // /dev is a tmpfs we populate
 	devpts   bool     // a devpts is mounted at /dev/pts
 	roLater  []string // tmpfs mounts to remount read-only once populated
@@ -147,8 +148,11 @@ type rootfsSetup struct {
 
 // prepareRootfs runs in the init, in its own mount namespace, and leaves
 // it chrooted (pivoted) into the container's rootfs.
-func prepareRootfs(spec *specs.Spec, rootfs string) (*rootfsSetup, error) {
-	r := &rootfsSetup{spec: spec, rootfs: rootfs}
+func prepareRootfs(spec *specs.Spec, rootfs, bundle string) (*rootfsSetup, error) {
+	if bundle == "" {
+		bundle = filepath.Dir(rootfs)
+	}
+	r := &rootfsSetup{spec: spec, rootfs: rootfs, bundle: bundle}
 	// Slave, not private, so that host unmounts still propagate in and a
 	// busy host mount is not pinned by the container.
 	if err := mount("", "/", "", unix.MS_SLAVE|unix.MS_REC, ""); err != nil {
@@ -283,10 +287,9 @@ func (r *rootfsSetup) mountEntry(m specs.Mount) error {
 func (r *rootfsSetup) bindMount(m specs.Mount, dest string, flags uintptr, data string) error {
 	src := m.Source
 	if !filepath.IsAbs(src) {
-		// Relative sources are relative to the bundle, which is the
-		// rootfs's parent by convention; runc resolves them against its
-		// cwd, the bundle.
-		src = filepath.Join(filepath.Dir(r.rootfs), src)
+		// Relative sources are relative to the bundle, as runc, whose
+		// cwd is the bundle, resolves them.
+		src = filepath.Join(r.bundle, src)
 	}
 	fi, err := os.Stat(src)
 	if err != nil {

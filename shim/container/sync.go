@@ -74,6 +74,7 @@ type syncMsg struct {
 type initConfig struct {
 	Spec     *specs.Spec `json:"spec"`
 	Rootfs   string      `json:"rootfs"` // absolute host path
+	Bundle   string      `json:"bundle,omitempty"`
 	Terminal bool        `json:"terminal"`
 }
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -48,6 +49,15 @@ void berth_nsenter(void)
 	flags = strtol(v, &end, 10);
 	if (*end != '\0' || errno != 0 || flags <= 0)
 		fail("bad _BERTH_NSENTER", EINVAL);
+
+	/*
+	 * Not dumpable until execve: once we are in the container's pid
+	 * namespace its processes could otherwise open /proc/<us>/exe and
+	 * reach the shim's binary (runc's CVE-2019-5736). execve of the user's
+	 * program makes the process dumpable again.
+	 */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		fail("prctl(PR_SET_DUMPABLE)", errno);
 
 	do {
 		n = recv(SYNC_FD, &c, 1, 0);
