@@ -2,17 +2,43 @@
 // config.json into a process in its own namespaces, rootfs and cgroup,
 // without runc.
 //
-// Lifecycle: Create re-executes the current binary as the container init
-// (see IsInit and Init: the shim's main must call them first), places it
-// in the cgroup, lets it build the rootfs and stops it just before execve;
-// Start lets it exec the user's process; Destroy kills what is left and
-// removes the cgroup.
+// Lifecycle: Create re-executes the current binary as the container init,
+// places it in the cgroup, lets it build the rootfs and stops it just
+// before execve; Start lets it exec the user's process; Exec runs more
+// processes inside it; Destroy kills what is left and removes the cgroup.
 //
-// Reaping is not this package's job. The init is a child of the caller,
-// which (in the shim, a child subreaper with one event loop) waits for it
-// through the pidfd Create returns or wait4. Nothing here calls wait on a
-// process it handed out; Create reaps only an init that failed before
-// Create returned, whose pid the caller never saw.
+// What a binary using this package (the shim) must do:
+//
+// First thing in main (or TestMain), before any goroutine, flag parsing
+// or output:
+//
+//	if container.IsInit() {
+//		container.Init() // never returns
+//	}
+//
+// Create and Exec start /proc/self/exe with the environment variable
+// _BERTH_INIT set ("1" for an init, "exec" for Exec) and their sync socket
+// as fd 3; the package's init function has already locked the main
+// goroutine to the main thread for such a process. Further:
+//
+//   - Be built with cgo (CGO_ENABLED=1, libseccomp-dev installed): seccomp
+//     profiles are compiled with libseccomp, and Exec needs the nsenter C
+//     constructor, which runs before the Go runtime when _BERTH_NSENTER is
+//     set. Without cgo, Create refuses a spec with seccomp and Exec returns
+//     ErrNotImplemented.
+//   - Reap. The init is the caller's child; wait for it with its pidfd
+//     (PidFD) or wait4. Nothing here waits on a process it handed out;
+//     Create reaps only an init that failed before Create returned, and
+//     Exec only its own short-lived helper. A process started by Exec is
+//     reparented from that helper to the nearest child subreaper, so the
+//     shim must be one (prctl PR_SET_CHILD_SUBREAPER) and should reap by
+//     pidfd (waitid P_PIDFD) rather than wait(-1), which would race the
+//     helper reaping here (harmlessly, but its exit would surface as an
+//     unknown pid).
+//   - Expect warnings, not failures, where the host allows less than the
+//     spec asks (rlimits above the hard limit, a lower oom_score_adj,
+//     capabilities outside the host's bounding set, blkio weights without
+//     a weight-capable scheduler): they are logged on Config.Logger.
 package container
 
 import (

@@ -34,7 +34,28 @@ package container
 // An EOF before ready means the child died without a word (e.g. killed):
 // Create reports it as an error too. EOF after start is success, because
 // only a successful execve closes the close-on-exec socket without a
-// message; the same trade runc's exec FIFO makes.
+// message; the same trade runc's exec FIFO makes. Start checks the init's
+// pidfd first so an init killed while waiting is not mistaken for one
+// that exec'd.
+//
+// Exec uses the same socket and messages, with a C prologue (see
+// nsenter/nsenter.go) and no start barrier:
+//
+//	parent                                   helper (C, then Go child)
+//	------                                   -------------------------
+//	clone+exec helper: fd 3 socket, fd 4 the init's pidfd,
+//	_BERTH_INIT=exec, _BERTH_NSENTER=<flags>
+//	move helper into the cgroup
+//	"g" (one byte)             ──────────▶   C constructor: setns(pidfd, flags),
+//	                                         fork; the child goes on into Go
+//	                           ◀──────────   pid{pid} + the child's pidfd
+//	                                         (SCM_RIGHTS); helper exits, parent
+//	                                         reaps it
+//	bootstrap{spec with the exec process} ─▶ Go child: setsid, console,
+//	                                         rlimits, user, caps, seccomp
+//	                           ◀──────────   console{} + pty master (terminal)
+//	                           ◀──────────   ready{warnings}, then execve
+//	                           ◀──────────   EOF (exec'd) or error{…}
 
 import (
 	"encoding/json"
