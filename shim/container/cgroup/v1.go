@@ -25,6 +25,9 @@ type v1 struct {
 }
 
 func newV1(path string, r *specs.LinuxResources) (Manager, error) {
+	if r == nil {
+		r = &specs.LinuxResources{}
+	}
 	r = dropUnsupportedV1(r)
 	cg, err := cgroup1.New(cgroup1.StaticPath(path), r)
 	if err != nil {
@@ -54,6 +57,9 @@ func (c *v1) Add(pid int) error {
 }
 
 func (c *v1) Update(r *specs.LinuxResources) error {
+	if r == nil {
+		return nil
+	}
 	r = dropUnsupportedV1(r)
 	if err := c.cg.Update(r); err != nil {
 		return fmt.Errorf("update cgroup %s: %w", c.path, err)
@@ -189,7 +195,21 @@ func (c *v1) Delete() error {
 // weights exist only with the CFQ or BFQ schedulers, which many kernels
 // lack (this one's blkio.weight is missing).
 func dropUnsupportedV1(r *specs.LinuxResources) *specs.LinuxResources {
-	if r == nil || r.BlockIO == nil {
+	if r == nil {
+		return r
+	}
+	if m := r.Memory; m != nil && m.Swap != nil {
+		if _, err := os.Stat(filepath.Join(v1Root, "memory", "memory.memsw.limit_in_bytes")); err != nil {
+			// Kernels booted without swap accounting have no memsw files.
+			slog.Warn("kernel has no swap accounting (memory.memsw.*): memory+swap limit discarded")
+			cp := *r
+			mem := *m
+			mem.Swap = nil
+			cp.Memory = &mem
+			r = &cp
+		}
+	}
+	if r.BlockIO == nil {
 		return r
 	}
 	if r.BlockIO.Weight == nil && r.BlockIO.LeafWeight == nil && len(r.BlockIO.WeightDevice) == 0 {

@@ -26,6 +26,7 @@ const v2Root = "/sys/fs/cgroup"
 // directory creation, controller enabling, the device eBPF filter, stats and
 // freezing.
 type v2 struct {
+	root string // mount point of the unified hierarchy
 	path string
 	m    *cgroup2.Manager
 }
@@ -162,15 +163,24 @@ func v2Files(r *specs.LinuxResources) ([]v2File, []string, error) {
 }
 
 func newV2(path string, r *specs.LinuxResources) (Manager, error) {
+	return newV2At(v2Root, path, r)
+}
+
+// newV2At creates the group under a unified hierarchy mounted at root; the
+// conformance tests use it on a hybrid host's /sys/fs/cgroup/unified.
+func newV2At(root, path string, r *specs.LinuxResources) (Manager, error) {
+	if r == nil {
+		r = &specs.LinuxResources{}
+	}
 	files, controllers, err := v2Files(r)
 	if err != nil {
 		return nil, fmt.Errorf("cgroup %s: %w", path, err)
 	}
-	m, err := cgroup2.NewManager(v2Root, path, &cgroup2.Resources{Devices: r.Devices})
+	m, err := cgroup2.NewManager(root, path, &cgroup2.Resources{Devices: r.Devices})
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup v2 %s: %w", path, err)
 	}
-	c := &v2{path: path, m: m}
+	c := &v2{root: root, path: path, m: m}
 	if len(controllers) > 0 {
 		if err := m.ToggleControllers(controllers, cgroup2.Enable); err != nil {
 			_ = m.Delete()
@@ -184,21 +194,23 @@ func newV2(path string, r *specs.LinuxResources) (Manager, error) {
 	return c, nil
 }
 
-func loadV2(path string) (Manager, error) {
-	if _, err := os.Stat(filepath.Join(v2Root, path)); err != nil {
+func loadV2(path string) (Manager, error) { return loadV2At(v2Root, path) }
+
+func loadV2At(root, path string) (Manager, error) {
+	if _, err := os.Stat(filepath.Join(root, path)); err != nil {
 		if os.IsNotExist(err) {
 			return nil, fmt.Errorf("cgroup v2 %s: %w", path, errdefs.ErrNotFound)
 		}
 		return nil, fmt.Errorf("cgroup v2 %s: %w", path, err)
 	}
-	m, err := cgroup2.Load(path)
+	m, err := cgroup2.Load(path, cgroup2.WithMountpoint(root))
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup v2 %s: %w", path, err)
 	}
-	return &v2{path: path, m: m}, nil
+	return &v2{root: root, path: path, m: m}, nil
 }
 
-func (c *v2) dir() string { return filepath.Join(v2Root, c.path) }
+func (c *v2) dir() string { return filepath.Join(c.root, c.path) }
 
 func (c *v2) write(files []v2File) error {
 	for _, f := range files {
