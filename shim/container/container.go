@@ -277,9 +277,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	for {
-		m, f, err := parentSock.recv()
+		m, fd, err := parentSock.recv()
 		if ctx.Err() != nil {
-			closeFile(f)
+			closeFD(fd)
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, ctx.Err())
 		}
 		if err != nil {
@@ -290,12 +290,14 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 		switch m.Type {
 		case msgConsole:
-			if f == nil {
+			if fd < 0 {
 				return nil, fmt.Errorf("create container %s: console message without a pty", cfg.ID)
 			}
-			c.console = f
+			if c.console, err = consoleFile(fd); err != nil {
+				return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+			}
 		case msgError:
-			closeFile(f)
+			closeFD(fd)
 			if m.Err == nil {
 				m.Err = &InitError{Stage: "unknown", Message: "no detail"}
 			}
@@ -306,7 +308,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			}
 			return c, nil
 		default:
-			closeFile(f)
+			closeFD(fd)
 			return nil, fmt.Errorf("create container %s: unexpected %q message from init", cfg.ID, m.Type)
 		}
 	}
@@ -374,8 +376,8 @@ func (c *Container) Start() error {
 	if err := c.sock.send(syncMsg{Type: msgStart}, -1); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)
 	}
-	m, f, err := c.sock.recv()
-	closeFile(f)
+	m, fd, err := c.sock.recv()
+	closeFD(fd)
 	if errors.Is(err, io.EOF) {
 		return nil
 	}

@@ -664,6 +664,34 @@ func TestExec(t *testing.T) {
 		t.Errorf("root exec: %q, want %q", b, wantCap)
 	}
 
+	// With a terminal: a pty from the container's devpts.
+	proc.Args = []string{"sh", "-c", "tty; echo done"}
+	proc.Terminal = true
+	p3, err := c.Exec(ctx, &proc, container.Stdio{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(p3.PidFD)
+	if p3.Console == nil {
+		t.Fatal("exec with terminal: no console")
+	}
+	defer p3.Console.Close()
+	var all []byte
+	buf := make([]byte, 512)
+	_ = p3.Console.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !strings.Contains(string(all), "done") {
+		n, err := p3.Console.Read(buf)
+		all = append(all, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	waitPid(t, p3.Pid, 10*time.Second)
+	if !strings.Contains(string(all), "/dev/pts/") {
+		t.Errorf("exec tty said %q", all)
+	}
+	proc.Terminal = false
+
 	proc.Args = []string{"no-such-tool"}
 	_, err = c.Exec(ctx, &proc, container.Stdio{})
 	var ie *container.InitError

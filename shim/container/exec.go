@@ -137,7 +137,7 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		}
 		return nil, fmt.Errorf("exec in %s: release helper: %w", c.id, err)
 	}
-	m, pf, err := sock.recv()
+	m, pidFD, err := sock.recv()
 	if err != nil && ctx.Err() != nil {
 		err = ctx.Err()
 	}
@@ -148,21 +148,14 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	if m.Type == msgError && m.Err != nil {
-		closeFile(pf)
+		closeFD(pidFD)
 		return nil, fmt.Errorf("exec in %s: %w", c.id, m.Err)
 	}
-	if m.Type != msgPid || m.Pid <= 0 || pf == nil {
-		closeFile(pf)
+	if m.Type != msgPid || m.Pid <= 0 || pidFD < 0 {
+		closeFD(pidFD)
 		return nil, fmt.Errorf("exec in %s: unexpected %q message from nsenter", c.id, m.Type)
 	}
-	p := &Process{Pid: m.Pid, PidFD: int(pf.Fd())}
-	// Keep the fd beyond pf's lifetime: the caller owns a raw fd.
-	if p.PidFD, err = unix.Dup(p.PidFD); err != nil {
-		pf.Close()
-		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
-	}
-	unix.CloseOnExec(p.PidFD)
-	pf.Close()
+	p := &Process{Pid: m.Pid, PidFD: pidFD}
 	defer func() {
 		if retErr != nil {
 			// The process failed before execve (or we gave up): make sure
@@ -180,9 +173,9 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	for {
-		m, f, err := sock.recv()
+		m, fd, err := sock.recv()
 		if ctx.Err() != nil {
-			closeFile(f)
+			closeFD(fd)
 			return nil, fmt.Errorf("exec in %s: %w", c.id, ctx.Err())
 		}
 		if errors.Is(err, io.EOF) {
@@ -193,22 +186,24 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		}
 		switch m.Type {
 		case msgConsole:
-			if f == nil {
+			if fd < 0 {
 				return nil, fmt.Errorf("exec in %s: console message without a pty", c.id)
 			}
-			p.Console = f
+			if p.Console, err = consoleFile(fd); err != nil {
+				return nil, fmt.Errorf("exec in %s: %w", c.id, err)
+			}
 		case msgReady:
 			for _, w := range m.Warnings {
 				c.log.Warn("exec", "warning", w)
 			}
 		case msgError:
-			closeFile(f)
+			closeFD(fd)
 			if m.Err == nil {
 				m.Err = &InitError{Stage: "unknown", Message: "no detail"}
 			}
 			return nil, fmt.Errorf("exec in %s: %w", c.id, m.Err)
 		default:
-			closeFile(f)
+			closeFD(fd)
 			return nil, fmt.Errorf("exec in %s: unexpected %q message", c.id, m.Type)
 		}
 	}

@@ -126,9 +126,9 @@ func (s syncSocket) send(m syncMsg, passFD int) error {
 }
 
 // recv reads one message; io.EOF means the other end is gone (or, after
-// start, that execve succeeded). A passed fd, if any, is returned as a
-// file; the caller owns it.
-func (s syncSocket) recv() (syncMsg, *os.File, error) {
+// start, that execve succeeded). A passed descriptor, if any, is returned
+// (else -1) and belongs to the caller.
+func (s syncSocket) recv() (syncMsg, int, error) {
 	buf := make([]byte, maxSyncMsg)
 	oob := make([]byte, unix.CmsgSpace(4))
 	var (
@@ -142,9 +142,9 @@ func (s syncSocket) recv() (syncMsg, *os.File, error) {
 		}
 	}
 	if err != nil {
-		return syncMsg{}, nil, fmt.Errorf("receive sync message: %w", err)
+		return syncMsg{}, -1, fmt.Errorf("receive sync message: %w", err)
 	}
-	var f *os.File
+	passed := -1
 	if oobn > 0 {
 		cmsgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
 		if perr == nil {
@@ -154,8 +154,8 @@ func (s syncSocket) recv() (syncMsg, *os.File, error) {
 					continue
 				}
 				for _, fd := range fds {
-					if f == nil {
-						f = os.NewFile(uintptr(fd), "pty-master")
+					if passed < 0 {
+						passed = fd
 					} else {
 						unix.Close(fd)
 					}
@@ -164,18 +164,35 @@ func (s syncSocket) recv() (syncMsg, *os.File, error) {
 		}
 	}
 	if n == 0 && oobn == 0 {
-		return syncMsg{}, nil, io.EOF
+		return syncMsg{}, -1, io.EOF
 	}
 	if flags&unix.MSG_TRUNC != 0 {
-		closeFile(f)
-		return syncMsg{}, nil, errors.New("sync message truncated")
+		closeFD(passed)
+		return syncMsg{}, -1, errors.New("sync message truncated")
 	}
 	var m syncMsg
 	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		closeFile(f)
-		return syncMsg{}, nil, fmt.Errorf("decode sync message: %w", err)
+		closeFD(passed)
+		return syncMsg{}, -1, fmt.Errorf("decode sync message: %w", err)
 	}
-	return m, f, nil
+	return m, passed, nil
+}
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
+// consoleFile wraps a received pty master. Non-blocking, so the Go poller
+// serves it: reads honour deadlines and Close wakes a blocked reader,
+// which lets the shim stop its copy loop.
+func consoleFile(fd int) (*os.File, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "pty-master"), nil
 }
 
 func (s syncSocket) close() {
