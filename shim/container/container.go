@@ -136,6 +136,11 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	case len(spec.Process.Args) == 0:
 		return nil, fmt.Errorf("create container %s: no process args: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	}
+	// Refused rather than ignored: a security setting that silently does
+	// nothing is worse than an error.
+	if spec.Process.ApparmorProfile != "" || spec.Process.SelinuxLabel != "" || spec.Linux.MountLabel != "" {
+		return nil, fmt.Errorf("create container %s: AppArmor and SELinux labels: %w", cfg.ID, errdefs.ErrNotImplemented)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()

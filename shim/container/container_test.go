@@ -373,7 +373,10 @@ grep CapBnd /proc/self/status
 echo NOFILE=$(ulimit -n)
 echo NET=$(ls /sys/class/net) LOFLAGS=$(cat /sys/class/net/lo/flags)
 ls /dev`
-	f.mustStart(f.spec("sh", "-c", script))
+	spec := f.spec("sh", "-c", script+"\necho FWD=$(cat /proc/sys/net/ipv4/ip_forward)")
+	// A namespaced sysctl, written before /proc/sys turns read-only.
+	spec.Linux.Sysctl = map[string]string{"net.ipv4.ip_forward": "1"}
+	f.mustStart(spec)
 	f.wait(10 * time.Second)
 	out := f.output()
 	t.Logf("output:\n%s", out)
@@ -382,7 +385,7 @@ ls /dev`
 		t.Fatal(err)
 	}
 	for _, s := range []string{
-		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro", "NET=lo LOFLAGS=0x9",
+		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro", "NET=lo LOFLAGS=0x9", "FWD=1",
 		fmt.Sprintf("CapEff:\t%016x", want), fmt.Sprintf("CapBnd:\t%016x", want),
 		"\nnull\n", "\nptmx\n", "\nurandom\n", "\nshm\n", "\nmqueue\n", "\npts\n", "\nstdout\n",
 	} {

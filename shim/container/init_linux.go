@@ -122,10 +122,6 @@ func runInit(sock syncSocket) *InitError {
 			return newInitError(StageConsole, err)
 		}
 	}
-	if err := rs.finish(); err != nil {
-		return newInitError(StageRootfs, err)
-	}
-	warnings = append(warnings, rs.warnings...)
 
 	if hasNamespace(spec.Linux.Namespaces, specs.UTSNamespace) {
 		if spec.Hostname != "" {
@@ -139,11 +135,15 @@ func runInit(sock syncSocket) *InitError {
 			}
 		}
 	}
+	// Before finish, which makes /proc/sys read-only.
 	for k, v := range spec.Linux.Sysctl {
 		p := filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
 		if err := os.WriteFile(p, []byte(v), 0); err != nil {
 			return newInitError(StageProcess, fmt.Errorf("sysctl %s=%s: %w", k, v, err))
 		}
+	}
+	if err := rs.finish(); err != nil {
+		return newInitError(StageRootfs, err)
 	}
 
 	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, spec.Linux.Seccomp)

@@ -143,7 +143,6 @@ type rootfsSetup struct {
 	devTmpfs bool     // /dev is a tmpfs we populate
 	devpts   bool     // a devpts is mounted at /dev/pts
 	roLater  []string // tmpfs mounts to remount read-only once populated
-	warnings []string
 }
 
 // prepareRootfs runs in the init, in its own mount namespace, and leaves
