@@ -103,6 +103,9 @@ type Container struct {
 	console *os.File
 	log     *slog.Logger
 
+	// pidsLimit is applied by Start (see Create); nil for none.
+	pidsLimit *specs.LinuxPids
+
 	mu      sync.Mutex
 	sock    syncSocket // open until Start or Destroy
 	started bool
@@ -196,7 +199,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
-	cg, err := cgroup.New(cgPath, spec.Linux.Resources)
+	// The pids limit waits until Start: the init is a Go program with a
+	// handful of threads until its execve, and a small limit (a few
+	// tasks) would kill it before it could run anything. Nothing the
+	// user controls runs before Start, so nothing escapes the limit.
+	res, pidsLimit := splitPidsLimit(spec.Linux.Resources)
+	cg, err := cgroup.New(cgPath, res)
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
@@ -249,10 +257,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		parentSock.close()
 		return nil, fmt.Errorf("create container %s: start init: %w", cfg.ID, err)
 	}
-	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log}
+	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log, pidsLimit: pidsLimit}
 	defer func() {
 		if retErr != nil {
-			c.abort()
+			if status := c.abort(); status != "" && errors.Is(retErr, ErrInitDied) {
+				retErr = fmt.Errorf("%w (%s)", retErr, status)
+			}
 		}
 	}()
 
@@ -288,7 +298,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, ctx.Err())
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, unix.ECONNRESET) {
 				return nil, fmt.Errorf("create container %s: %w", cfg.ID, ErrInitDied)
 			}
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
@@ -323,14 +333,27 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 // it (its pid was never handed out, so no one else will wait for it; an
 // event loop reaping every child may beat us to it, which is fine) and
 // close everything.
-func (c *Container) abort() {
+//
+// It returns how the init ended, for the error message.
+func (c *Container) abort() string {
 	_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
-	waitPidfd(c.pidfd)
+	status := waitPidfd(c.pidfd)
 	c.sock.close()
 	closeFile(c.console)
 	if c.pidfd >= 0 {
 		unix.Close(c.pidfd)
 	}
+	return status
+}
+
+// splitPidsLimit returns r without its pids limit, and the limit.
+func splitPidsLimit(r *specs.LinuxResources) (*specs.LinuxResources, *specs.LinuxPids) {
+	if r == nil || r.Pids == nil {
+		return r, nil
+	}
+	cp := *r
+	cp.Pids = nil
+	return &cp, r.Pids
 }
 
 // ID returns the container's id.
@@ -377,6 +400,12 @@ func (c *Container) Start() error {
 	// stray kill) would look the same, so rule that out first.
 	if exited(c.pidfd) {
 		return fmt.Errorf("start container %s: %w", c.id, ErrInitDied)
+	}
+	if c.pidsLimit != nil {
+		if err := c.cg.Update(&specs.LinuxResources{Pids: c.pidsLimit}); err != nil {
+			c.started = false // the init still waits; the caller may retry or Destroy
+			return fmt.Errorf("start container %s: apply pids limit: %w", c.id, err)
+		}
 	}
 	if err := c.sock.send(syncMsg{Type: msgStart}, -1); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)

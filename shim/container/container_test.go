@@ -877,3 +877,37 @@ func BenchmarkRunTrue(b *testing.B) {
 		}
 	}
 }
+
+func TestTinyPidsLimitDoesNotBreakInit(t *testing.T) {
+	// The init is a multi-threaded Go program until execve; the limit is
+	// applied at Start so even a limit of 1 runs a single process.
+	f := newFixture(t)
+	spec := f.spec("echo", "hi")
+	one := int64(1)
+	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &one}
+	c := f.mustStart(spec)
+	if ws := f.wait(10 * time.Second); ws.ExitStatus() != 0 || f.output() != "hi\n" {
+		t.Fatalf("exit %v output %q", ws, f.output())
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/pids", c.CgroupPath(), "pids.max"))
+	if cgroup.HostMode() == cgroup.V1 && (err != nil || strings.TrimSpace(string(b)) != "1") {
+		t.Errorf("pids.max = %q, %v", b, err)
+	}
+}
+
+func TestInitDeathIsExplained(t *testing.T) {
+	// A memory limit far below what the Go init needs kills it during
+	// Create; the error must say so rather than "connection reset".
+	f := newFixture(t)
+	spec := f.spec("true")
+	tiny := int64(1 << 20)
+	spec.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &tiny}
+	_, err := f.create(spec)
+	if err == nil {
+		t.Skip("the init fit in 1 MiB")
+	}
+	t.Log(err)
+	if !errors.Is(err, container.ErrInitDied) || !strings.Contains(err.Error(), "killed by") {
+		t.Errorf("err = %v, want ErrInitDied with how it died", err)
+	}
+}

@@ -2,12 +2,14 @@ package container
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"syscall"
+	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -209,14 +211,33 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 	}
 }
 
-// waitPidfd reaps the process if it is our child; ECHILD (someone else's
-// child, or already reaped) is not an error here.
-func waitPidfd(fd int) {
+// waitPidfd reaps the process if it is our child and describes how it
+// ended; ECHILD (someone else's child, or already reaped) is not an error
+// here and yields "".
+func waitPidfd(fd int) string {
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED, nil)
-		if err != unix.EINTR {
-			return
+		if err == unix.EINTR {
+			continue
 		}
+		if err != nil {
+			return ""
+		}
+		return describeExit(&info)
 	}
+}
+
+// describeExit renders a waitid result: si_code says whether si_status is
+// an exit code or a signal.
+func describeExit(info *unix.Siginfo) string {
+	// x/sys leaves the SIGCHLD fields opaque: si_status sits at offset
+	// 24 on 64-bit Linux (after si_pid and si_uid).
+	raw := (*[32]byte)(unsafe.Pointer(info))
+	status := int32(binary.NativeEndian.Uint32(raw[24:28]))
+	const cldExited = 1
+	if info.Code == cldExited {
+		return fmt.Sprintf("exit status %d", status)
+	}
+	return fmt.Sprintf("killed by signal %d (%v)", status, syscall.Signal(status))
 }
