@@ -274,13 +274,12 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 
 	// ctx cancels a Create stuck waiting for the init: shutting the socket
 	// down wakes the blocked recv.
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = unix.Shutdown(parentSock.fd, unix.SHUT_RDWR)
-		case <-done:
+	stop := watchContext(ctx, parentSock.fd)
+	defer func() {
+		if stop() && retErr == nil {
+			// Cancelled just as the init got ready: the socket is shut,
+			// so this container could never start.
+			retErr = fmt.Errorf("create container %s: %w", cfg.ID, ctx.Err())
 		}
 	}()
 
@@ -344,6 +343,27 @@ func (c *Container) abort() string {
 		unix.Close(c.pidfd)
 	}
 	return status
+}
+
+// watchContext shuts fd down when ctx is done, waking a blocked recv. The
+// returned stop ends the watch, waits for the watcher goroutine to exit,
+// and reports whether it did shut fd down.
+func watchContext(ctx context.Context, fd int) (stop func() bool) {
+	done := make(chan struct{})
+	fired := make(chan bool, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+			fired <- true
+		case <-done:
+			fired <- false
+		}
+	}()
+	return func() bool {
+		close(done)
+		return <-fired
+	}
 }
 
 // splitPidsLimit returns r without its pids limit, and the limit.

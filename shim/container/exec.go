@@ -119,15 +119,8 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		}
 	}()
 
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			_ = unix.Shutdown(sock.fd, unix.SHUT_RDWR)
-		case <-done:
-		}
-	}()
+	stop := watchContext(ctx, sock.fd)
+	defer stop() // an exec'd process keeps running whatever ctx does now
 
 	// The cgroup before anything is forked: the exec'd process inherits it.
 	if err := c.cg.Add(helper); err != nil {
