@@ -372,6 +372,8 @@ grep CapEff /proc/self/status
 grep CapBnd /proc/self/status
 echo NOFILE=$(ulimit -n)
 echo NET=$(ls /sys/class/net) LOFLAGS=$(cat /sys/class/net/lo/flags)
+echo FIRMWARE=$(ls /sys/firmware | wc -l)
+mknod /tmp/mem c 1 1 && (head -c 1 /tmp/mem >/dev/null 2>&1 && echo DEVMEM=read || echo DEVMEM=denied)
 ls /dev`
 	spec := f.spec("sh", "-c", script+"\necho FWD=$(cat /proc/sys/net/ipv4/ip_forward)")
 	// A namespaced sysctl, written before /proc/sys turns read-only.
@@ -385,7 +387,7 @@ ls /dev`
 		t.Fatal(err)
 	}
 	for _, s := range []string{
-		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro", "NET=lo LOFLAGS=0x9", "FWD=1",
+		"MOUNT=denied", "KCORE=0", "PROCSYS=ro", "PROCSYSMOUNT=ro", "NET=lo LOFLAGS=0x9", "FWD=1", "FIRMWARE=0", "DEVMEM=denied",
 		fmt.Sprintf("CapEff:\t%016x", want), fmt.Sprintf("CapBnd:\t%016x", want),
 		"\nnull\n", "\nptmx\n", "\nurandom\n", "\nshm\n", "\nmqueue\n", "\npts\n", "\nstdout\n",
 	} {
@@ -909,5 +911,22 @@ func TestInitDeathIsExplained(t *testing.T) {
 	t.Log(err)
 	if !errors.Is(err, container.ErrInitDied) || !strings.Contains(err.Error(), "killed by") {
 		t.Errorf("err = %v, want ErrInitDied with how it died", err)
+	}
+}
+
+func TestCgroupNamespace(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sh", "-c", "cat /proc/self/cgroup; echo PIDSMAX=$(cat /sys/fs/cgroup/pids/pids.max); ls /sys/fs/cgroup/memory | grep -c '^berth' ")
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	limit := int64(77)
+	spec.Linux.Resources.Pids = &specs.LinuxPids{Limit: &limit}
+	f.mustStart(spec)
+	f.wait(10 * time.Second)
+	out := f.output()
+	t.Logf("output:\n%s", out)
+	for _, s := range []string{"4:memory:/\n", "8:pids:/\n", "PIDSMAX=77", "\n0\n"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q", s)
+		}
 	}
 }

@@ -360,7 +360,15 @@ func (r *rootfsSetup) mountCgroupV1(dest string, flags uintptr) error {
 	if err != nil {
 		return err
 	}
+	// In a cgroup namespace /proc/self/cgroup says "/" and a fresh mount
+	// of each hierarchy shows exactly the container's subtree; outside one
+	// the paths are the host's and a bind of our own directory does it.
+	cgroupns := hasNamespace(r.spec.Linux.Namespaces, specs.CgroupNamespace)
+	roFlags := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
 	if p, ok := own[""]; ok && len(mounts) == 1 && mounts[0].fstype == "cgroup2" {
+		if cgroupns {
+			return mount("cgroup2", dest, "cgroup2", flags|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		}
 		src := filepath.Join(mounts[0].point, p)
 		if err := mount(src, dest, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return err
@@ -379,15 +387,25 @@ func (r *rootfsSetup) mountCgroupV1(dest string, flags uintptr) error {
 		if !ok {
 			continue
 		}
-		src := filepath.Join(cm.point, strings.TrimPrefix(p, cm.root))
 		target := filepath.Join(dest, name)
 		if err := os.MkdirAll(target, 0o755); err != nil {
 			return fmt.Errorf("mount cgroup %s: %w", name, err)
 		}
+		if cgroupns {
+			opts := cm.controllers
+			if strings.HasPrefix(opts, "name=") {
+				opts = "none," + opts
+			}
+			if err := mount("cgroup", target, "cgroup", roFlags, opts); err != nil {
+				return err
+			}
+			continue
+		}
+		src := filepath.Join(cm.point, strings.TrimPrefix(p, cm.root))
 		if err := mount(src, target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return err
 		}
-		if err := mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		if err := mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|roFlags, ""); err != nil {
 			return err
 		}
 	}
