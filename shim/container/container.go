@@ -106,10 +106,11 @@ type Container struct {
 	// pidsLimit is applied by Start (see Create); nil for none.
 	pidsLimit *specs.LinuxPids
 
-	mu      sync.Mutex
-	sock    syncSocket // open until Start or Destroy
-	started bool
-	closed  bool
+	mu         sync.Mutex
+	sock       syncSocket // open until Start or Destroy
+	started    bool
+	destroying bool // Destroy has begun killing
+	closed     bool // Destroy has finished
 }
 
 // ErrInitDied is wrapped when the init went away without reporting an
@@ -404,35 +405,47 @@ func (c *Container) Cgroup() cgroup.Manager { return c.cg }
 // exited and must still be reaped by the caller.
 func (c *Container) Start() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return fmt.Errorf("start container %s: destroyed: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 	if c.started {
+		c.mu.Unlock()
 		return fmt.Errorf("start container %s: already started: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
-	c.started = true
-	defer func() {
-		c.sock.close()
-		c.sock.fd = -1
-	}()
 	// EOF after start means "exec'd"; an init that died before start (a
 	// stray kill) would look the same, so rule that out first.
 	if exited(c.pidfd) {
+		c.mu.Unlock()
 		return fmt.Errorf("start container %s: %w", c.id, ErrInitDied)
 	}
 	if c.pidsLimit != nil {
 		if err := c.cg.Update(&specs.LinuxResources{Pids: c.pidsLimit}); err != nil {
-			c.started = false // the init still waits; the caller may retry or Destroy
+			c.mu.Unlock()
+			// The init still waits: the caller may retry or Destroy.
 			return fmt.Errorf("start container %s: apply pids limit: %w", c.id, err)
 		}
 	}
-	if err := c.sock.send(syncMsg{Type: msgStart}, -1); err != nil {
+	// From here Start owns the socket, and the wait for execve happens
+	// without the lock, so a Destroy can still kill a stuck init.
+	c.started = true
+	sock := c.sock
+	c.sock.fd = -1
+	c.mu.Unlock()
+	defer sock.close()
+
+	if err := sock.send(syncMsg{Type: msgStart}, -1); err != nil {
 		return fmt.Errorf("start container %s: %w", c.id, err)
 	}
-	m, fd, err := c.sock.recv()
+	m, fd, err := sock.recv()
 	closeFD(fd)
 	if errors.Is(err, io.EOF) {
+		c.mu.Lock()
+		destroyed := c.destroying
+		c.mu.Unlock()
+		if destroyed {
+			return fmt.Errorf("start container %s: destroyed while starting: %w", c.id, errdefs.ErrAborted)
+		}
 		return nil
 	}
 	if err != nil {
@@ -589,6 +602,7 @@ func (c *Container) Destroy() error {
 	if c.closed {
 		return nil
 	}
+	c.destroying = true
 	// Killing the init (PID 1 of its namespace) kills the namespace; the
 	// cgroup-wide kill catches processes outside it (exec'd ones).
 	_ = unix.PidfdSendSignal(c.pidfd, unix.SIGKILL, nil, 0)
