@@ -8,9 +8,9 @@
 // binary; it does nothing unless the process was started with
 // EnvFlags set. The protocol, with fds set up by the parent:
 //
-//		fd 3  SOCK_SEQPACKET socket to the parent (see container/sync.go)
-//		fd 4  a pidfd of the container's init
-//		_BERTH_NSENTER=<clone flags, decimal>  the namespaces to join
+//	fd 3  SOCK_SEQPACKET socket to the parent (see container/sync.go)
+//	fd 4  a pidfd of the container's init
+//	_BERTH_NSENTER=<clone flags, decimal>  the namespaces to join
 //
 //	 1. read one datagram from fd 3 (the parent has put this process in the
 //	    container's cgroup by then; what we fork inherits it);
