@@ -166,6 +166,9 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		// pivot_root wants the real path, not one through a symlink.
 		rootfs, err = filepath.EvalSymlinks(rootfs)
 	}
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("create container %s: rootfs %s: %w", cfg.ID, rootfs, errdefs.ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: rootfs: %w", cfg.ID, err)
 	}

@@ -930,3 +930,89 @@ func TestCgroupNamespace(t *testing.T) {
 		}
 	}
 }
+
+func TestBadSpecsFailCleanly(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := testspec.Rootfs(rootfs); err != nil {
+		t.Fatal(err)
+	}
+	good := func() *specs.Spec { return testspec.Spec(rootfs, "true") }
+	for _, tc := range []struct {
+		name  string
+		id    string
+		spec  func() *specs.Spec
+		want  error  // errors.Is target, or nil
+		stage string // InitError stage, or ""
+	}{
+		{name: "nil spec", spec: func() *specs.Spec { return nil }, want: errdefs.ErrInvalidArgument},
+		{name: "no process", spec: func() *specs.Spec { s := good(); s.Process = nil; return s }, want: errdefs.ErrInvalidArgument},
+		{name: "no args", spec: func() *specs.Spec { s := good(); s.Process.Args = nil; return s }, want: errdefs.ErrInvalidArgument},
+		{name: "bad id", id: "a/b", spec: good, want: errdefs.ErrInvalidArgument},
+		{name: "rootfs missing", spec: func() *specs.Spec { s := good(); s.Root.Path = filepath.Join(dir, "nope"); return s }, want: errdefs.ErrNotFound},
+		{name: "no mount namespace", spec: func() *specs.Spec {
+			s := good()
+			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
+			return s
+		}, want: errdefs.ErrInvalidArgument},
+		{name: "user namespace", spec: func() *specs.Spec {
+			s := good()
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+			return s
+		}, want: errdefs.ErrNotImplemented},
+		{name: "apparmor", spec: func() *specs.Spec { s := good(); s.Process.ApparmorProfile = "docker-default"; return s }, want: errdefs.ErrNotImplemented},
+		{name: "unknown capability", spec: func() *specs.Spec {
+			s := good()
+			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_NO_SUCH")
+			return s
+		}, stage: container.StageUser},
+		{name: "unknown rlimit", spec: func() *specs.Spec {
+			s := good()
+			s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NO_SUCH", Hard: 1, Soft: 1}}
+			return s
+		}, stage: container.StageProcess},
+		{name: "bad device type", spec: func() *specs.Spec {
+			s := good()
+			s.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/x", Type: "q", Major: 1, Minor: 3}}
+			return s
+		}, stage: container.StageRootfs},
+		{name: "bind source missing", spec: func() *specs.Spec {
+			s := good()
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/data", Type: "bind", Source: filepath.Join(dir, "nope"), Options: []string{"rbind"}})
+			return s
+		}, stage: container.StageRootfs, want: errdefs.ErrNotFound},
+		{name: "bad rootfs propagation", spec: func() *specs.Spec { s := good(); s.Linux.RootfsPropagation = "sideways"; return s }, stage: container.StageRootfs},
+		{name: "missing cwd", spec: func() *specs.Spec { s := good(); s.Process.Cwd = "/no/such/dir"; return s }, stage: container.StageProcess},
+		{name: "bad seccomp operator", spec: func() *specs.Spec {
+			s := good()
+			s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Syscalls: []specs.LinuxSyscall{
+				{Names: []string{"mkdir"}, Action: specs.ActErrno, Args: []specs.LinuxSeccompArg{{Index: 0, Op: "SCMP_CMP_SIDEWAYS"}}},
+			}}
+			return s
+		}, stage: container.StageSeccomp},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := tc.id
+			if id == "" {
+				id = "bad-" + strings.ReplaceAll(tc.name, " ", "-")
+			}
+			c, err := container.Create(context.Background(), container.Config{ID: id, Spec: tc.spec(), CgroupParent: testCgroupParent})
+			if err == nil {
+				c.Destroy()
+				t.Fatal("create succeeded")
+			}
+			t.Log(err)
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("err does not wrap %v", tc.want)
+			}
+			var ie *container.InitError
+			if tc.stage != "" && (!errors.As(err, &ie) || ie.Stage != tc.stage) {
+				t.Errorf("want an InitError at stage %s", tc.stage)
+			}
+			if !strings.Contains(id, "/") {
+				assertNoCgroup(t, testCgroupParent+"/"+id)
+			}
+		})
+	}
+}
