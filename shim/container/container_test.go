@@ -357,6 +357,9 @@ func TestCPUQuotaAndFiles(t *testing.T) {
 		}
 	}
 	f.wait(10 * time.Second)
+	if st, err := c.Stats(); err != nil || st.CPUUsageNanos == 0 {
+		t.Errorf("stats after a run: %+v, %v; want some CPU time", st, err)
+	}
 	if got := strings.Fields(f.output()); strings.Join(got, " ") != "50000 100000 512" {
 		t.Errorf("inside the container the cgroup shows %q", got)
 	}
