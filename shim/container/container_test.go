@@ -1019,3 +1019,33 @@ func TestBadSpecsFailCleanly(t *testing.T) {
 		})
 	}
 }
+
+func TestDockerDefaultSeccomp(t *testing.T) {
+	f := newFixture(t)
+	spec := f.spec("sh", "-c", `echo start; grep Seccomp: /proc/self/status
+mount -t tmpfs none /mnt 2>&1 && echo MOUNT=ok || echo MOUNT=denied
+echo end`)
+	// The profile as Docker makes it for the default capabilities...
+	prof, err := testspec.DockerSeccomp(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Linux.Seccomp = prof
+	// ...then CAP_SYS_ADMIN on top: mount is now allowed by capabilities
+	// and only the filter can refuse it.
+	caps := spec.Process.Capabilities
+	caps.Bounding = append(caps.Bounding, "CAP_SYS_ADMIN")
+	caps.Effective = append(caps.Effective, "CAP_SYS_ADMIN")
+	caps.Permitted = append(caps.Permitted, "CAP_SYS_ADMIN")
+	f.mustStart(spec)
+	if ws := f.wait(10 * time.Second); ws.ExitStatus() != 0 {
+		t.Fatalf("exit %v: %s", ws, f.output())
+	}
+	out := f.output()
+	t.Logf("output:\n%s", out)
+	for _, s := range []string{"start", "Seccomp:\t2", "MOUNT=denied", "end"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("output lacks %q", s)
+		}
+	}
+}

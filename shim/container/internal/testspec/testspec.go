@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	mobyseccomp "github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -142,4 +143,10 @@ func Rootfs(dir string) error {
 		}
 	}
 	return nil
+}
+
+// DockerSeccomp returns Docker's default seccomp profile as generated for
+// spec (whose capabilities unlock some of its rules).
+func DockerSeccomp(spec *specs.Spec) (*specs.LinuxSeccomp, error) {
+	return mobyseccomp.GetDefaultProfile(spec)
 }
