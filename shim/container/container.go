@@ -39,6 +39,12 @@
 //     spec asks (rlimits above the hard limit, a lower oom_score_adj,
 //     capabilities outside the host's bounding set, blkio weights without
 //     a weight-capable scheduler): they are logged on Config.Logger.
+//   - Know the init's footprint: until its execve the init is this Go
+//     binary, with a few threads and a few MiB. The pids limit is
+//     therefore applied by Start, not Create; a memory limit below a few
+//     MiB kills the init during Create (reported as ErrInitDied with the
+//     signal); and an Exec into a container at its pids limit fails, as
+//     the exec'd process is briefly a Go program too.
 package container
 
 import (
