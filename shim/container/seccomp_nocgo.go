@@ -1,0 +1,22 @@
+//go:build !cgo
+
+package container
+
+import (
+	"fmt"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/berth-dev/berth/errdefs"
+)
+
+// seccompProgram is a compiled filter; without cgo there is no compiler.
+type seccompProgram struct{}
+
+// compileSeccomp needs libseccomp, hence cgo: a spec that asks for seccomp
+// fails rather than running unconfined.
+func compileSeccomp(*specs.LinuxSeccomp) (*seccompProgram, error) {
+	return nil, fmt.Errorf("seccomp needs a cgo build with libseccomp: %w", errdefs.ErrNotImplemented)
+}
+
+func (*seccompProgram) load() error { return nil }

@@ -1,0 +1,208 @@
+package container
+
+// The parent↔init sync protocol.
+//
+// Create makes a SOCK_SEQPACKET socketpair (close-on-exec in both
+// processes) and re-executes /proc/self/exe with the child's end as fd 3
+// and the environment variable _BERTH_INIT=1; the clone flags create the
+// new namespaces, so the child starts as PID 1 of its pid namespace. Every
+// message is one datagram holding one JSON syncMsg, so no framing is
+// needed; a file descriptor travels as SCM_RIGHTS ancillary data on the
+// message that names it.
+//
+//	parent                                   init (child)
+//	------                                   ------------
+//	clone+exec, get pid and pidfd
+//	move pid into the cgroup
+//	bootstrap{config}          ──────────▶   reads it: nothing ran before this,
+//	                                         so no user code ever runs outside
+//	                                         the cgroup
+//	                                         setns/unshare(cgroup), rootfs,
+//	                                         pivot_root, hostname, rlimits…
+//	                           ◀──────────   console{} + pty master (only when
+//	                                         Terminal is set)
+//	                           ◀──────────   ready{warnings}: executable found,
+//	                                         user and capabilities set; blocks
+//	Create returns
+//	…
+//	Start: start{}             ──────────▶   seccomp, close leaked fds, execve
+//	                           ◀──────────   EOF: execve closed the socket
+//	                                         (success), or error{…} then exit
+//
+// At any step the child may send error{stage, message, errno} instead of
+// the expected reply and exit(1); the parent turns it into an *InitError.
+// An EOF before ready means the child died without a word (e.g. killed):
+// Create reports it as an error too. EOF after start is success, because
+// only a successful execve closes the close-on-exec socket without a
+// message; the same trade runc's exec FIFO makes. Start checks the init's
+// pidfd first so an init killed while waiting is not mistaken for one
+// that exec'd.
+//
+// Exec uses the same socket and messages, with a C prologue (see
+// nsenter/nsenter.go) and no start barrier:
+//
+//	parent                                   helper (C, then Go child)
+//	------                                   -------------------------
+//	clone+exec helper: fd 3 socket, fd 4 the init's pidfd,
+//	_BERTH_INIT=exec, _BERTH_NSENTER=<flags>
+//	move helper into the cgroup
+//	"g" (one byte)             ──────────▶   C constructor: setns(pidfd, flags),
+//	                                         fork; the child goes on into Go
+//	                           ◀──────────   pid{pid} + the child's pidfd
+//	                                         (SCM_RIGHTS); helper exits, parent
+//	                                         reaps it
+//	bootstrap{spec with the exec process} ─▶ Go child: setsid, console,
+//	                                         rlimits, user, caps, seccomp
+//	                           ◀──────────   console{} + pty master (terminal)
+//	                           ◀──────────   ready{warnings}, then execve
+//	                           ◀──────────   EOF (exec'd) or error{…}
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	msgBootstrap = "bootstrap"
+	msgConsole   = "console"
+	msgReady     = "ready"
+	msgStart     = "start"
+	msgError     = "error"
+	// msgPid comes from the nsenter constructor during Exec, with the
+	// new process's pidfd attached (see nsenter/nsenter.go).
+	msgPid = "pid"
+)
+
+// maxSyncMsg bounds one datagram; a config.json of a few hundred KiB is
+// already extreme.
+const maxSyncMsg = 4 << 20
+
+type syncMsg struct {
+	Type     string      `json:"type"`
+	Config   *initConfig `json:"config,omitempty"`
+	Err      *InitError  `json:"error,omitempty"`
+	Warnings []string    `json:"warnings,omitempty"`
+	Pid      int         `json:"pid,omitempty"` // msgPid: the exec'd process, host pid
+}
+
+// initConfig is what the init needs beyond the spec itself.
+type initConfig struct {
+	Spec     *specs.Spec `json:"spec"`
+	Rootfs   string      `json:"rootfs"` // absolute host path
+	Bundle   string      `json:"bundle,omitempty"`
+	Terminal bool        `json:"terminal"`
+}
+
+// syncSocket is one end of the socketpair. It is a raw fd in blocking mode
+// (not an *os.File) so that the init can use it without the Go poller and
+// the parent can interrupt a blocked read with shutdown(2).
+type syncSocket struct{ fd int }
+
+func (s syncSocket) send(m syncMsg, passFD int) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s message: %w", m.Type, err)
+	}
+	var oob []byte
+	if passFD >= 0 {
+		oob = unix.UnixRights(passFD)
+	}
+	for {
+		err = unix.Sendmsg(s.fd, b, oob, nil, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("send %s message: %w", m.Type, err)
+	}
+	return nil
+}
+
+// recv reads one message; io.EOF means the other end is gone (or, after
+// start, that execve succeeded). A passed descriptor, if any, is returned
+// (else -1) and belongs to the caller.
+func (s syncSocket) recv() (syncMsg, int, error) {
+	buf := make([]byte, maxSyncMsg)
+	oob := make([]byte, unix.CmsgSpace(4))
+	var (
+		n, oobn, flags int
+		err            error
+	)
+	for {
+		n, oobn, flags, _, err = unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return syncMsg{}, -1, fmt.Errorf("receive sync message: %w", err)
+	}
+	passed := -1
+	if oobn > 0 {
+		cmsgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		if perr == nil {
+			for _, c := range cmsgs {
+				fds, ferr := unix.ParseUnixRights(&c)
+				if ferr != nil {
+					continue
+				}
+				for _, fd := range fds {
+					if passed < 0 {
+						passed = fd
+					} else {
+						unix.Close(fd)
+					}
+				}
+			}
+		}
+	}
+	if n == 0 && oobn == 0 {
+		return syncMsg{}, -1, io.EOF
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		closeFD(passed)
+		return syncMsg{}, -1, errors.New("sync message truncated")
+	}
+	var m syncMsg
+	if err := json.Unmarshal(buf[:n], &m); err != nil {
+		closeFD(passed)
+		return syncMsg{}, -1, fmt.Errorf("decode sync message: %w", err)
+	}
+	return m, passed, nil
+}
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}
+
+// consoleFile wraps a received pty master. Non-blocking, so the Go poller
+// serves it: reads honour deadlines and Close wakes a blocked reader,
+// which lets the shim stop its copy loop.
+func consoleFile(fd int) (*os.File, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "pty-master"), nil
+}
+
+func (s syncSocket) close() {
+	if s.fd >= 0 {
+		unix.Close(s.fd)
+	}
+}
+
+func closeFile(f *os.File) {
+	if f != nil {
+		f.Close()
+	}
+}
