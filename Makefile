@@ -17,7 +17,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/berth-dev/berth/version.Version=$(VERSION) -X github.com/berth-dev/berth/version.GitCommit=$(COMMIT)
 
 # Debian packages the integration tests and the demo use.
-TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev
+TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev skopeo
 
 .PHONY: all build berthd berth-shim berthctl tools proto proto-check proto-lint lint \
 	test unit integration test-deps demo bench clean
@@ -59,7 +59,8 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# test-deps installs what the tests need. Root only; CI runs as root.
+# test-deps installs what building and testing need (libseccomp-dev: the
+# shim links libseccomp through cgo). Root only; CI runs as root.
 test-deps:
 	@if [ "$$(id -u)" != 0 ]; then echo "make test runs as root (namespaces, mounts, cgroups)"; exit 1; fi
 	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -79,7 +80,7 @@ integration: build $(TOOLS)/grpcurl
 	BERTH_BIN=$(BIN) GRPCURL=$(TOOLS)/grpcurl $(GO) test -count=1 -v -timeout 15m ./integration/...
 
 # demo builds Berth and shows it working in a private, temporary root.
-demo: build
+demo: test-deps build
 	@bash hack/demo.sh
 
 bench: build

@@ -29,7 +29,7 @@ type impl struct {
 // controllers there, but processes, freezing and removal are real).
 func impls(t *testing.T) []impl {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		t.Fatal("needs root: run 'make test' as root")
 	}
 	var out []impl
 	switch HostMode() {
