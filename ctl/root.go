@@ -81,8 +81,8 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		return usageError{fmt.Errorf("%w\nSee '%s --help'", err, cmd.CommandPath())}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVarP(&c.Address, "address", "a", envOr("BERTH_ADDRESS", DefaultAddress), "berthd address: unix:///path, a socket path, or tcp://host:port (env BERTH_ADDRESS)")
-	pf.StringVarP(&c.Namespace, "namespace", "n", envOr("BERTH_NAMESPACE", "default"), "namespace (env BERTH_NAMESPACE)")
+	addrDefault := envOr("BERTH_ADDRESS", DefaultAddress)
+	const addrUsage = "berthd address: unix:///path, a socket path, or tcp://host:port (env BERTH_ADDRESS)"
 	pf.StringVar(&c.TLS.CA, "tlscacert", os.Getenv("BERTH_TLS_CA"), "CA that berthd's certificate chains to, for tcp:// (env BERTH_TLS_CA)")
 	pf.StringVar(&c.TLS.Cert, "tlscert", os.Getenv("BERTH_TLS_CERT"), "client certificate for tcp:// (env BERTH_TLS_CERT)")
 	pf.StringVar(&c.TLS.Key, "tlskey", os.Getenv("BERTH_TLS_KEY"), "client key for tcp:// (env BERTH_TLS_KEY)")
@@ -91,7 +91,47 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		newInfoCommand(c),
 		newNamespaceCommand(c),
 		newEventsCommand(c),
+		newCreateCommand(c),
+		newRunCommand(c),
+		newStartCommand(c),
+		newStopCommand(c, false),
+		newStopCommand(c, true),
+		newKillCommand(c),
+		newRmCommand(c),
+		newPsCommand(c),
+		newLogsCommand(c),
+		newExecCommand(c),
+		newAttachCommand(c),
+		newWaitCommand(c),
+		newRenameCommand(c),
+		newInspectCommand(c),
+		newTopCommand(c),
+		newStatsCommand(c),
 	)
+	root.AddCommand(newPauseCommands(c)...)
+	// -a is --address and -n is --namespace everywhere except in the
+	// commands where Docker gives those letters a meaning of its own
+	// (ps -a/-n, start -a, stats -a, logs -n); there the long forms or the
+	// environment name them. So they are local flags of each command, not
+	// persistent ones, which cobra could not shadow.
+	nsDefault := envOr("BERTH_NAMESPACE", "default")
+	var addGlobals func(cmd *cobra.Command)
+	addGlobals = func(cmd *cobra.Command) {
+		if cmd.Runnable() || !cmd.HasSubCommands() {
+			short := func(s string) string {
+				if cmd.Flags().ShorthandLookup(s) != nil {
+					return ""
+				}
+				return s
+			}
+			cmd.Flags().StringVarP(&c.Address, "address", short("a"), addrDefault, addrUsage)
+			cmd.Flags().StringVarP(&c.Namespace, "namespace", short("n"), nsDefault, "namespace (env BERTH_NAMESPACE)")
+		}
+		for _, sub := range cmd.Commands() {
+			addGlobals(sub)
+		}
+	}
+	addGlobals(root)
 	return root
 }
 
@@ -113,6 +153,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	var ec exitCode
 	if errors.As(err, &ec) {
 		return int(ec)
+	}
+	var re runError
+	if errors.As(err, &re) {
+		fmt.Fprintln(stderr, "berthctl:", c.explain(re.err))
+		return re.code
 	}
 	fmt.Fprintln(stderr, c.explain(err))
 	return ExitError

@@ -1615,8 +1615,10 @@ type LogsRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	Follow      bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
-	// tail is the number of lines from the end; -1 or 0 for all.
-	Tail          int64                  `protobuf:"varint,3,opt,name=tail,proto3" json:"tail,omitempty"`
+	// tail, when set, is the number of lines to show from the end (0: none,
+	// so with follow only what comes next), as Docker's --tail; unset shows
+	// every line.
+	Tail          *int64                 `protobuf:"varint,3,opt,name=tail,proto3,oneof" json:"tail,omitempty"`
 	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
 	Until         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=until,proto3" json:"until,omitempty"`
 	Stdout        bool                   `protobuf:"varint,6,opt,name=stdout,proto3" json:"stdout,omitempty"`
@@ -1670,8 +1672,8 @@ func (x *LogsRequest) GetFollow() bool {
 }
 
 func (x *LogsRequest) GetTail() int64 {
-	if x != nil {
-		return x.Tail
+	if x != nil && x.Tail != nil {
+		return *x.Tail
 	}
 	return 0
 }
@@ -2663,15 +2665,16 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x06output\"F\n" +
 	"\x06Output\x12(\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x10.berth.v1.StreamR\x06stream\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xf0\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xfe\x01\n" +
 	"\vLogsRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
-	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
-	"\x04tail\x18\x03 \x01(\x03R\x04tail\x120\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x17\n" +
+	"\x04tail\x18\x03 \x01(\x03H\x00R\x04tail\x88\x01\x01\x120\n" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x16\n" +
 	"\x06stdout\x18\x06 \x01(\bR\x06stdout\x12\x16\n" +
-	"\x06stderr\x18\a \x01(\bR\x06stderr\"\x92\x01\n" +
+	"\x06stderr\x18\a \x01(\bR\x06stderrB\a\n" +
+	"\x05_tail\"\x92\x01\n" +
 	"\bLogEntry\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12(\n" +
 	"\x06stream\x18\x02 \x01(\x0e2\x10.berth.v1.StreamR\x06stream\x12\x12\n" +
@@ -2907,6 +2910,7 @@ func file_berth_v1_tasks_proto_init() {
 		(*AttachResponse_Data)(nil),
 		(*AttachResponse_Exit)(nil),
 	}
+	file_berth_v1_tasks_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -1,0 +1,198 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+)
+
+// Docker's exit codes for run: the container's own code passes through;
+// these are for failures before the container's program runs.
+const (
+	exitRunFailed      = 125 // berthctl or berthd failed
+	exitCannotExecute  = 126 // the command exists but cannot be executed
+	exitCommandMissing = 127 // the command was not found
+)
+
+// runError carries an exit code with a message printed on stderr.
+type runError struct {
+	code int
+	err  error
+}
+
+func (e runError) Error() string { return e.err.Error() }
+func (e runError) Unwrap() error { return e.err }
+
+// startFailureCode tells why a container's program could not start.
+func startFailureCode(err error) int {
+	msg := strings.ToLower(status.Convert(err).Message())
+	switch {
+	case strings.Contains(msg, "executable file not found"), strings.Contains(msg, "no such file or directory"):
+		return exitCommandMissing
+	case strings.Contains(msg, "permission denied"), strings.Contains(msg, "is a directory"), strings.Contains(msg, "exec format error"):
+		return exitCannotExecute
+	}
+	return exitRunFailed
+}
+
+func newCreateCommand(c *CLI) *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "create [OPTIONS] IMAGE [COMMAND] [ARG...]",
+		Short: "Create a new container",
+		Args:  args(1, -1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			cl, err := c.Client()
+			if err != nil {
+				return err
+			}
+			ctr, err := c.createContainer(cmd.Context(), cl, cmd, &f, a[0], a[1:])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.Out, ctr.Id)
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+// createContainer creates the container, pulling its image first when the
+// pull policy asks for it, as Docker's `create` and `run` do.
+func (c *CLI) createContainer(ctx context.Context, cl *Client, cmd *cobra.Command, f *createFlags, image string, args []string) (*berthv1.Container, error) {
+	spec, labels, err := f.spec(cmd.Flags(), image, args)
+	if err != nil {
+		return nil, err
+	}
+	switch f.pull {
+	case "missing", "always", "never":
+	default:
+		return nil, usageError{fmt.Errorf("invalid --pull %q: use always, missing or never", f.pull)}
+	}
+	req := &berthv1.CreateContainerRequest{Name: f.name, Spec: spec, Labels: labels}
+	if f.pull == "always" {
+		if err := c.pullImage(ctx, cl, image, spec.Platform, false); err != nil {
+			return nil, err
+		}
+	}
+	resp, err := cl.Containers.CreateContainer(ctx, req)
+	if err != nil && f.pull == "missing" && status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), "image") {
+		fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
+		if perr := c.pullImage(ctx, cl, image, spec.Platform, false); perr != nil {
+			return nil, perr
+		}
+		resp, err = cl.Containers.CreateContainer(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp.Container, nil
+}
+
+func newRunCommand(c *CLI) *cobra.Command {
+	var (
+		f      createFlags
+		detach bool
+	)
+	cmd := &cobra.Command{
+		Use:   "run [OPTIONS] IMAGE [COMMAND] [ARG...]",
+		Short: "Create and run a new container from an image",
+		Args:  args(1, -1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			cl, err := c.Client()
+			if err != nil {
+				return runError{exitRunFailed, err}
+			}
+			ctx := cmd.Context()
+			if f.tty && !detach && f.interactive && !term.IsTerminal(int(os.Stdin.Fd())) {
+				return runError{exitRunFailed, errors.New("the input device is not a TTY")}
+			}
+			ctr, err := c.createContainer(ctx, cl, cmd, &f, a[0], a[1:])
+			if err != nil {
+				return runError{exitRunFailed, err}
+			}
+			if _, err := cl.Tasks.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: ctr.Id}); err != nil {
+				c.cleanupFailedRun(cl, ctr, f.rm)
+				return runError{startFailureCode(err), err}
+			}
+			start := func(ctx context.Context) error {
+				_, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id})
+				return err
+			}
+			if detach {
+				if err := start(ctx); err != nil {
+					c.cleanupFailedRun(cl, ctr, f.rm)
+					return runError{startFailureCode(err), err}
+				}
+				fmt.Fprintln(c.Out, ctr.Id)
+				return nil
+			}
+			var startErr error
+			code, err := c.attach(ctx, cl, attachOptions{
+				containerID:  ctr.Id,
+				stdin:        f.interactive,
+				stdout:       true,
+				tty:          f.tty,
+				proxySignals: true,
+				detachKeys:   defaultDetachKeys,
+				start: func(ctx context.Context) error {
+					startErr = start(ctx)
+					return startErr
+				},
+			})
+			if errors.Is(err, errDetached) {
+				return nil
+			}
+			if startErr != nil {
+				c.cleanupFailedRun(cl, ctr, f.rm)
+				return runError{startFailureCode(startErr), startErr}
+			}
+			if err != nil {
+				return runError{exitRunFailed, err}
+			}
+			if code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run container in background and print container ID")
+	return cmd
+}
+
+// cleanupFailedRun removes what a run that never started left behind, when
+// --rm asked for it; otherwise the container stays, in state Created, as
+// with Docker, for the user to inspect.
+func (c *CLI) cleanupFailedRun(cl *Client, ctr *berthv1.Container, rm bool) {
+	ctx, cancel := shortContext(context.Background())
+	defer cancel()
+	cl.Tasks.DeleteTask(ctx, &berthv1.DeleteTaskRequest{ContainerId: ctr.Id, Force: true})
+	if rm {
+		cl.Containers.DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: ctr.Id, Force: true})
+	}
+}
+
+// pullImage pulls ref, printing Docker's progress lines.
+func (c *CLI) pullImage(ctx context.Context, cl *Client, ref string, platform *berthv1.Platform, quiet bool) error {
+	stream, err := cl.Images.Pull(ctx, &berthv1.PullRequest{Reference: ref, Platform: platform})
+	if err != nil {
+		return err
+	}
+	out := c.Err
+	if quiet {
+		out = io.Discard
+	}
+	return printPull(out, stream, ref)
+}
