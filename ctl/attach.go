@@ -25,10 +25,10 @@ var defaultDetachKeys = []byte{0x10, 0x11}
 var errDetached = errors.New("detached")
 
 type attachOptions struct {
-	containerID, execID  string
-	stdin, stdout, tty   bool
-	proxySignals         bool
-	detachKeys           []byte
+	containerID, execID string
+	stdin, stdout, tty  bool
+	proxySignals        bool
+	detachKeys          []byte
 	// start runs once the stream is open (StartTask for run and start -a),
 	// so no early output is missed.
 	start func(context.Context) error

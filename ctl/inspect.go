@@ -200,4 +200,3 @@ func newStatsCommand(c *CLI) *cobra.Command {
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "show all containers (default shows just running)")
 	return cmd
 }
-

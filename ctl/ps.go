@@ -21,9 +21,9 @@ func newPsCommand(c *CLI) *cobra.Command {
 		format                      string
 	)
 	cmd := &cobra.Command{
-		Use:     "ps [OPTIONS]",
-		Short:   "List containers",
-		Args:    args(0, 0),
+		Use:   "ps [OPTIONS]",
+		Short: "List containers",
+		Args:  args(0, 0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			filter, err := parseContainerFilters(filters)
 			if err != nil {

@@ -115,6 +115,8 @@ func NewRootCommand(c *CLI) *cobra.Command {
 	// environment name them. So they are local flags of each command, not
 	// persistent ones, which cobra could not shadow.
 	nsDefault := envOr("BERTH_NAMESPACE", "default")
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
 	var addGlobals func(cmd *cobra.Command)
 	addGlobals = func(cmd *cobra.Command) {
 		if cmd.Runnable() || !cmd.HasSubCommands() {

@@ -18,13 +18,13 @@ import (
 // createFlags are the flags of `run` and `create`, Docker's names and meanings.
 type createFlags struct {
 	name, workdir, user, entrypoint, hostname, restart, pull, platform string
-	network, memory, memorySwap, shmSize, stopSignal, cpusetCpus          string
-	env, envFile, volumes, tmpfs, capAdd, capDrop, labels, publish         []string
-	dns, dnsSearch, addHost, securityOpt, groupAdd, ulimits, sysctls       []string
-	tty, interactive, readOnly, privileged, rm, init                       bool
-	cpus                                                                   float64
-	pidsLimit, cpuShares                                                   int64
-	stopTimeout                                                            int
+	network, memory, memorySwap, shmSize, stopSignal, cpusetCpus       string
+	env, envFile, volumes, tmpfs, capAdd, capDrop, labels, publish     []string
+	dns, dnsSearch, addHost, securityOpt, groupAdd, ulimits, sysctls   []string
+	tty, interactive, readOnly, privileged, rm, init                   bool
+	cpus                                                               float64
+	pidsLimit, cpuShares                                               int64
+	stopTimeout                                                        int
 }
 
 func (f *createFlags) register(fs *pflag.FlagSet) {
