@@ -19,7 +19,7 @@ LDFLAGS := -X github.com/berth-dev/berth/version.Version=$(VERSION) -X github.co
 # Debian packages the integration tests and the demo use.
 TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev skopeo
 
-.PHONY: all build berthd berth-shim berthctl tools proto proto-check proto-lint lint \
+.PHONY: all build bench-quick berthd berth-shim berthctl tools proto proto-check proto-lint lint \
 	test unit integration test-deps demo bench clean
 
 all: build
@@ -83,8 +83,16 @@ integration: build $(TOOLS)/grpcurl
 demo: test-deps build
 	@bash hack/demo.sh
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+# bench: Berth side by side with containerd + runc (installed here if
+# missing), then the Go micro-benchmarks of the hot paths. Root only.
+bench: test-deps build
+	@for p in containerd runc; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p; }; done
+	$(GO) run ./integration/bench -bin $(BIN) -out bench/results.json
+	$(GO) test -run '^$$' -bench . -benchtime 5x -benchmem ./content/ ./snapshotter/layer/ ./metadata/ ./agent/oci/
+
+# bench-quick checks the harness itself with few iterations and a small image.
+bench-quick: test-deps build
+	$(GO) run ./integration/bench -bin $(BIN) -quick -out /tmp/berth-bench-quick.json
 
 clean:
 	rm -rf $(BIN)
