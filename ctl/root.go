@@ -91,7 +91,9 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		newInfoCommand(c),
 		newNamespaceCommand(c),
 		newEventsCommand(c),
+		newSystemCommand(c),
 	)
+	root.AddCommand(newImageCommands(c)...)
 	return root
 }
 

@@ -1,0 +1,257 @@
+package integration
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/berth-dev/berth/integration/fixture"
+)
+
+// imageDaemon starts a registry with a counting proxy in front, and a
+// berthd whose docker.io mirror is the proxy.
+func imageDaemon(t *testing.T, extraTOML string, opts ...fixture.RegistryOption) (*daemon, *fixture.Registry, *registryProxy) {
+	t.Helper()
+	reg := fixture.StartRegistry(t, opts...)
+	proxy := startProxy(t, reg.Addr)
+	d := startDaemon(t, withConfig(mirrorConfig(proxy.Addr)+extraTOML))
+	return d, reg, proxy
+}
+
+func layerDigests(t *testing.T, img v1.Image) []string {
+	t.Helper()
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d.String())
+	}
+	return out
+}
+
+func configDigest(t *testing.T, img v1.Image) string {
+	t.Helper()
+	d, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// inspect returns `berthctl image inspect` of one image as a map.
+func (d *daemon) inspect(name string) map[string]any {
+	d.t.Helper()
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(d.mustCtl("image", "inspect", name)), &list); err != nil || len(list) != 1 {
+		d.t.Fatalf("inspect %s: %v %v", name, list, err)
+	}
+	return list[0]
+}
+
+// dirEntries lists what is left in a directory (none if it is missing).
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// assertNoImageData checks that no blob, ingest or snapshot is left.
+func (d *daemon) assertNoImageData() {
+	d.t.Helper()
+	if b := dirEntries(d.t, filepath.Join(d.root, "content", "blobs", "sha256")); len(b) > 0 {
+		d.t.Errorf("blobs left: %v", b)
+	}
+	if in := dirEntries(d.t, filepath.Join(d.root, "content", "ingest")); len(in) > 0 {
+		d.t.Errorf("ingests left: %v", in)
+	}
+	for _, drv := range []string{"overlay", "native"} {
+		if s := dirEntries(d.t, filepath.Join(d.root, "snapshots", drv, "snapshots")); len(s) > 0 {
+			d.t.Errorf("%s snapshots left: %v", drv, s)
+		}
+	}
+}
+
+func TestImagePullInspectRemove(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	img := fixture.Busybox(t)
+	digest := reg.Push(t, reg.Ref("library/busybox:latest"), img)
+	cfg := configDigest(t, img)
+	layer := layerDigests(t, img)[0]
+
+	out := d.mustCtl("pull", "busybox")
+	for _, want := range []string{
+		"latest: Pulling from library/busybox",
+		layer[7:19] + ": Pull complete",
+		"Digest: " + digest,
+		"Status: Downloaded newer image for busybox:latest",
+		"docker.io/library/busybox:latest",
+	} {
+		if !hasLine(out, want) {
+			t.Errorf("pull output lacks %q:\n%s", want, out)
+		}
+	}
+	if proxy.gets(layer) != 1 {
+		t.Errorf("layer fetched %d times, want 1", proxy.gets(layer))
+	}
+	out = d.mustCtl("pull", "busybox:latest")
+	if !hasLine(out, "Status: Image is up to date for busybox:latest") || !hasLine(out, layer[7:19]+": Already exists") {
+		t.Errorf("second pull:\n%s", out)
+	}
+	if proxy.gets(layer) != 1 {
+		t.Errorf("second pull downloaded the layer again")
+	}
+
+	out = d.mustCtl("images")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "REPOSITORY TAG IMAGE ID CREATED SIZE" {
+		t.Fatalf("images:\n%s", out)
+	}
+	if f := strings.Fields(lines[1]); f[0] != "busybox" || f[1] != "latest" || f[2] != cfg[7:19] {
+		t.Errorf("images row %q, want busybox latest %s", lines[1], cfg[7:19])
+	}
+	if q := strings.TrimSpace(d.mustCtl("images", "-q")); q != cfg[7:19] {
+		t.Errorf("images -q = %q", q)
+	}
+	if out := d.mustCtl("images", "--digests"); !strings.Contains(out, digest) {
+		t.Errorf("images --digests lacks %s:\n%s", digest, out)
+	}
+
+	in := d.inspect("busybox")
+	if in["chainId"] == "" || in["chainId"] == nil {
+		t.Errorf("inspect has no chainId: %v", in)
+	}
+	if c, _ := in["config"].(map[string]any); fmt.Sprint(c["cmd"]) != "[sh]" {
+		t.Errorf("inspect config: %v", in["config"])
+	}
+	// The image's ID (config digest) finds it too.
+	if got := d.inspect(cfg[7:19]); got["name"] != "docker.io/library/busybox:latest" {
+		t.Errorf("inspect by ID: %v", got["name"])
+	}
+
+	d.mustCtl("tag", "busybox", "mine:v1")
+	out = d.mustCtl("rmi", "busybox")
+	if !hasLine(out, "Untagged: busybox:latest") || strings.Contains(out, "Deleted:") {
+		t.Errorf("rmi of one of two names:\n%s", out)
+	}
+	out = d.mustCtl("rmi", "mine:v1")
+	if !hasLine(out, "Untagged: mine:v1") || !hasLine(out, "Deleted: "+cfg) {
+		t.Errorf("rmi of the last name:\n%s", out)
+	}
+	if out := d.mustCtl("images", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("images after rmi: %q", out)
+	}
+	d.assertNoImageData()
+	if r := d.ctl("rmi", "busybox"); r.Code != 1 || !strings.Contains(r.Stderr, "No such image") && !strings.Contains(r.Stderr, "no such image") {
+		t.Errorf("rmi of a missing image: %d %s", r.Code, r.Stderr)
+	}
+}
+
+// genLayer makes a small layer with a few distinct files.
+func genLayer(t *testing.T, tag string) v1.Layer {
+	return fixture.Layer(t, fixture.LayerTar(t, []fixture.Entry{
+		{Name: tag + "/", Type: tar.TypeDir},
+		{Name: tag + "/file", Body: []byte(strings.Repeat(tag, 1000))},
+	}))
+}
+
+func TestImagePullSharedLayersDownloadsOnlyNewOnes(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	var ls []v1.Layer
+	for i := range 5 {
+		ls = append(ls, genLayer(t, fmt.Sprintf("layer%d", i)))
+	}
+	small := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, ls[:2]...)
+	big := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}, OCI: true}, ls...)
+	reg.Push(t, reg.Ref("library/small:latest"), small)
+	reg.Push(t, reg.Ref("library/big:latest"), big)
+	d.mustCtl("pull", "small")
+	proxy.reset()
+	out := d.mustCtl("pull", "big")
+	digests := layerDigests(t, big)
+	for i, dg := range digests {
+		want := 1
+		if i < 2 {
+			want = 0
+		}
+		if got := proxy.gets(dg); got != want {
+			t.Errorf("layer %d (%s): %d GETs, want %d", i, dg, got, want)
+		}
+	}
+	for _, dg := range digests[:2] {
+		if !hasLine(out, dg[7:19]+": Already exists") {
+			t.Errorf("pull output does not say %s already exists:\n%s", dg[7:19], out)
+		}
+	}
+}
+
+func TestImageConcurrentPullsShareDownloads(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	var ls []v1.Layer
+	for i := range 3 {
+		ls = append(ls, fixture.Layer(t, fixture.LayerTar(t, []fixture.Entry{
+			{Name: fmt.Sprintf("big%d", i), Body: randomBytes(t, 2<<20)},
+		})))
+	}
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, ls...)
+	reg.Push(t, reg.Ref("library/ten:latest"), img)
+	// Slow enough that the ten pulls overlap.
+	proxy.setThrottle(8 << 20)
+	var wg sync.WaitGroup
+	results := make([]result, 10)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			results[i] = d.ctl("pull", "ten")
+		}(i)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.Code != 0 {
+			t.Errorf("pull %d: exit %d: %s", i, r.Code, r.Stderr)
+		}
+	}
+	for _, dg := range append(layerDigests(t, img), configDigest(t, img)) {
+		if got := proxy.gets(dg); got != 1 {
+			t.Errorf("blob %s downloaded %d times, want once", dg, got)
+		}
+	}
+	if n := len(strings.Fields(d.mustCtl("images", "-q"))); n != 1 {
+		t.Errorf("%d images after ten pulls of one", n)
+	}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	f, err := os.Open("/dev/urandom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadFull(f, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
