@@ -517,7 +517,7 @@ func newImagePruneCommand(c *CLI) *cobra.Command {
 			return c.prune(cmd.Context(), all, false)
 		},
 	}
-	cmd.Flags().BoolVarP(&all, "all", "a", false, "remove every image no container uses, not only dangling ones")
+	cmd.Flags().BoolVar(&all, "all", false, "remove every image no container uses, not only dangling ones")
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation (berthctl never asks)")
 	return cmd
 }
@@ -626,7 +626,7 @@ func newSystemCommand(c *CLI) *cobra.Command {
 			return c.prune(cmd.Context(), all, true)
 		},
 	}
-	prune.Flags().BoolVarP(&all, "all", "a", false, "also remove every image no container uses")
+	prune.Flags().BoolVar(&all, "all", false, "also remove every image no container uses")
 	prune.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation (berthctl never asks)")
 	group.AddCommand(df, prune)
 	return group

@@ -2,14 +2,17 @@ package integration
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -254,4 +257,130 @@ func randomBytes(t *testing.T, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func TestImagePullTamperedBlobLeavesNothing(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "one"), genLayer(t, "two"))
+	reg.Push(t, reg.Ref("library/tampered:latest"), img)
+	bad := layerDigests(t, img)[1]
+	proxy.setTamper(bad)
+	r := d.ctl("pull", "tampered")
+	if r.Code == 0 || !strings.Contains(r.Stderr, bad) {
+		t.Fatalf("pull of a tampered blob: exit %d, stderr %q; want a failure naming %s", r.Code, r.Stderr, bad)
+	}
+	if out := d.mustCtl("images", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("an image was recorded: %q", out)
+	}
+	d.assertNoImageData()
+	// The registry fixed, the pull works.
+	proxy.setTamper("")
+	d.mustCtl("pull", "tampered")
+}
+
+// TestImagePullResumesAfterKill kills berthd while a large layer
+// downloads through a slow proxy; after a restart the next pull asks for
+// the rest with a Range request and fetches only the remainder.
+func TestImagePullResumesAfterKill(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	const size = 12 << 20
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}},
+		genLayer(t, "first"),
+		fixture.Layer(t, fixture.LayerTar(t, []fixture.Entry{{Name: "big", Body: randomBytes(t, size)}})))
+	reg.Push(t, reg.Ref("library/large:latest"), img)
+	big := layerDigests(t, img)[1]
+	proxy.setThrottle(2 << 20)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan result, 1)
+	go func() {
+		done <- runCmd(ctx, nil, filepath.Join(binDir, "berthctl"), "--address", d.socket, "pull", "large")
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for proxy.sentOf(big) < 3<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the download did not progress: %d bytes", proxy.sentOf(big))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.kill()
+	if r := <-done; r.Code == 0 {
+		t.Fatalf("pull succeeded although berthd was killed")
+	}
+	if in := dirEntries(t, filepath.Join(d.root, "content", "ingest")); len(in) == 0 {
+		t.Fatal("no partial download was kept after the kill")
+	}
+	d.start()
+	proxy.setThrottle(0)
+	proxy.reset()
+	d.mustCtl("pull", "large")
+	rg := proxy.rangeOf(big)
+	if !strings.HasPrefix(rg, "bytes=") || strings.HasPrefix(rg, "bytes=0-") {
+		t.Errorf("resumed pull sent Range %q, want bytes=N- with N > 0", rg)
+	}
+	blobSize := int64(0)
+	if ls, _ := img.Layers(); len(ls) == 2 {
+		blobSize, _ = ls[1].Size()
+	}
+	if sent := proxy.sentOf(big); sent <= 0 || sent >= blobSize-(2<<20) {
+		t.Errorf("resumed pull transferred %d of %d bytes; want only the remainder", sent, blobSize)
+	}
+	d.mustCtl("system", "prune")
+	if in := dirEntries(t, filepath.Join(d.root, "content", "ingest")); len(in) > 0 {
+		t.Errorf("partial downloads left after GC: %v", in)
+	}
+	if b := dirEntries(t, filepath.Join(d.root, "content", "blobs", "sha256")); len(b) != 4 {
+		t.Errorf("%d blobs after GC, want 4 (manifest, config, 2 layers): %v", len(b), b)
+	}
+	for _, drv := range []string{"overlay", "native"} {
+		if s := dirEntries(t, filepath.Join(d.root, "snapshots", drv, "snapshots")); s != nil && len(s) != 2 {
+			t.Errorf("%s: %d snapshot dirs after GC, want the 2 layers: %v", drv, len(s), s)
+		}
+	}
+}
+
+func (d *daemon) ctlEnv(env []string, stdin string, args ...string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "berthctl"), append([]string{"--address", d.socket}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func TestImageRegistryAuth(t *testing.T) {
+	reg := fixture.StartRegistry(t, fixture.WithAuth("berth", "s3cret"))
+	reg.Push(t, reg.Ref("private/app:v1"), fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "private")))
+	d := startDaemon(t)
+	env := []string{"DOCKER_CONFIG=" + t.TempDir()}
+	ref := reg.Ref("private/app:v1")
+	if r := d.ctlEnv(env, "", "pull", ref); r.Code == 0 || !strings.Contains(r.Stderr, "authentication required") {
+		t.Fatalf("pull without credentials: exit %d %q; want 'authentication required'", r.Code, r.Stderr)
+	}
+	if r := d.ctlEnv(env, "wrong\n", "login", "-u", "berth", "--password-stdin", reg.Addr); r.Code == 0 {
+		t.Fatalf("login with a wrong password succeeded: %s", r.Stdout)
+	}
+	if r := d.ctlEnv(env, "s3cret\n", "login", "-u", "berth", "--password-stdin", reg.Addr); r.Code != 0 || !strings.Contains(r.Stdout, "Login Succeeded") {
+		t.Fatalf("login: exit %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	if r := d.ctlEnv(env, "", "pull", ref); r.Code != 0 {
+		t.Fatalf("pull with credentials: exit %d %s", r.Code, r.Stderr)
+	}
+	if r := d.ctlEnv(env, "", "logout", reg.Addr); r.Code != 0 || !strings.Contains(r.Stdout, "Removing login credentials") {
+		t.Fatalf("logout: %d %s %s", r.Code, r.Stdout, r.Stderr)
+	}
+	d.mustCtl("rmi", ref)
+	if r := d.ctlEnv(env, "", "pull", ref); r.Code == 0 || !strings.Contains(r.Stderr, "authentication required") {
+		t.Fatalf("pull after logout: exit %d %q", r.Code, r.Stderr)
+	}
 }
