@@ -96,7 +96,7 @@ func TestImageMaliciousLayersAreContained(t *testing.T) {
 	abs := "/tmp/berth-abs-" + tag
 	t.Cleanup(func() { os.Remove(escape); os.Remove(abs) })
 	attacks := map[string][]fixture.Entry{
-		"dotdot": {{Name: strings.Repeat("../", 20) + strings.TrimPrefix(escape, "/"), Body: []byte("escaped")}},
+		"dotdot":   {{Name: strings.Repeat("../", 20) + strings.TrimPrefix(escape, "/"), Body: []byte("escaped")}},
 		"absolute": {{Name: abs, Body: []byte("escaped")}},
 		"symlink": {
 			{Name: "link", Type: tar.TypeSymlink, Linkname: canaryDir},
