@@ -17,7 +17,7 @@ COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/berth-dev/berth/version.Version=$(VERSION) -X github.com/berth-dev/berth/version.GitCommit=$(COMMIT)
 
 # Debian packages the integration tests and the demo use.
-TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev
+TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev skopeo
 
 .PHONY: all build berthd berth-shim berthctl tools proto proto-check proto-lint lint \
 	test unit integration test-deps demo bench clean

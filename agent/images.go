@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"path"
@@ -228,16 +229,89 @@ func (s *imagesService) Pull(req *berthv1.PullRequest, stream berthv1.ImagesServ
 	return stream.Send(&berthv1.PullResponse{Update: &berthv1.PullResponse_Done{Done: &berthv1.PullDone{Image: res.Image, UpToDate: res.UpToDate}}})
 }
 
-func (s *imagesService) Push(*berthv1.PushRequest, berthv1.ImagesService_PushServer) error {
-	return notYet("push", "the image issue")
+func (s *imagesService) Push(req *berthv1.PushRequest, stream berthv1.ImagesService_PushServer) error {
+	res, err := s.a.images.Push(stream.Context(), req.GetReference(), images.PushOptions{
+		Auth: authOf(req.GetAuth()),
+		Progress: func(p *berthv1.Progress) {
+			stream.Send(&berthv1.PushResponse{Update: &berthv1.PushResponse_Progress{Progress: p}})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.a.events.Publish(stream.Context(), "/images/push", res.Name, map[string]string{"digest": res.Digest})
+	return stream.Send(&berthv1.PushResponse{Update: &berthv1.PushResponse_Done{Done: &berthv1.PushDone{Name: res.Name, Digest: res.Digest, Size: res.Size}}})
 }
 
-func (s *imagesService) Import(berthv1.ImagesService_ImportServer) error {
-	return notYet("import (load)", "the image issue")
+// importReader turns the chunks of an Import stream into an io.Reader.
+type importReader struct {
+	stream berthv1.ImagesService_ImportServer
+	buf    []byte
 }
 
-func (s *imagesService) Export(*berthv1.ExportRequest, berthv1.ImagesService_ExportServer) error {
-	return notYet("export (save)", "the image issue")
+func (r *importReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		req, err := r.stream.Recv()
+		if err != nil {
+			return 0, err // io.EOF when the client is done
+		}
+		if req.GetOptions() != nil {
+			return 0, fmt.Errorf("import: options may only come first: %w", errdefs.ErrInvalidArgument)
+		}
+		r.buf = req.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (s *imagesService) Import(stream berthv1.ImagesService_ImportServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	opts := images.ImportOptions{}
+	r := &importReader{stream: stream}
+	if o := first.GetOptions(); o != nil {
+		opts.Name = o.GetName()
+		opts.Platform = platformOf(o.GetPlatform())
+	} else {
+		r.buf = first.GetChunk()
+	}
+	list, err := s.a.images.Import(stream.Context(), r, opts)
+	if err != nil {
+		return err
+	}
+	for _, img := range list {
+		s.a.events.Publish(stream.Context(), "/images/load", img.Name, map[string]string{"digest": img.GetTarget().GetDigest()})
+	}
+	return stream.SendAndClose(&berthv1.ImportResponse{Images: list})
+}
+
+// exportWriter sends what it is given as ExportResponse chunks.
+type exportWriter struct {
+	stream berthv1.ImagesService_ExportServer
+}
+
+func (w exportWriter) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += exportChunk {
+		end := min(off+exportChunk, len(p))
+		if err := w.stream.Send(&berthv1.ExportResponse{Chunk: p[off:end]}); err != nil {
+			return off, err
+		}
+	}
+	return len(p), nil
+}
+
+// exportChunk keeps messages well under gRPC's default 4 MiB limit.
+const exportChunk = 1 << 20
+
+func (s *imagesService) Export(req *berthv1.ExportRequest, stream berthv1.ImagesService_ExportServer) error {
+	bw := bufio.NewWriterSize(exportWriter{stream: stream}, exportChunk)
+	if err := s.a.images.Export(stream.Context(), bw, req.GetNames()); err != nil {
+		return err
+	}
+	return bw.Flush()
 }
 
 func (s *imagesService) Authenticate(ctx context.Context, req *berthv1.AuthenticateRequest) (*berthv1.AuthenticateResponse, error) {

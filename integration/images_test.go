@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/berth-dev/berth/integration/fixture"
 )
@@ -382,5 +384,83 @@ func TestImageRegistryAuth(t *testing.T) {
 	d.mustCtl("rmi", ref)
 	if r := d.ctlEnv(env, "", "pull", ref); r.Code == 0 || !strings.Contains(r.Stderr, "authentication required") {
 		t.Fatalf("pull after logout: exit %d %q", r.Code, r.Stderr)
+	}
+}
+
+func TestImagePushSaveLoad(t *testing.T) {
+	d, reg, _ := imageDaemon(t, "")
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "p1"), genLayer(t, "p2"))
+	digest := reg.Push(t, reg.Ref("library/app:v1"), img)
+	d.mustCtl("pull", "app:v1")
+
+	// Push to a second repository, then pull from it.
+	second := reg.Ref("copies/app:v2")
+	d.mustCtl("tag", "app:v1", second)
+	out := d.mustCtl("push", second)
+	for _, l := range layerDigests(t, img) {
+		if !hasLine(out, l[7:19]+": Pushed") {
+			t.Errorf("push output lacks %s: Pushed:\n%s", l[7:19], out)
+		}
+	}
+	if !strings.Contains(out, "v2: digest: "+digest+" size: ") {
+		t.Errorf("push output lacks the digest line:\n%s", out)
+	}
+	if out := d.mustCtl("push", second); !strings.Contains(out, ": Layer already exists") {
+		t.Errorf("second push:\n%s", out)
+	}
+	d.mustCtl("rmi", second)
+	if out := d.mustCtl("pull", second); !hasLine(out, "Digest: "+digest) {
+		t.Errorf("pull of the pushed copy:\n%s", out)
+	}
+
+	// save → rmi → load gives the same image.
+	archive := filepath.Join(t.TempDir(), "app.tar")
+	d.mustCtl("save", "-o", archive, "app:v1")
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatal("skopeo not found: 'make test' installs Debian's skopeo")
+	}
+	for _, transport := range []string{"oci-archive:", "docker-archive:"} {
+		out, err := exec.Command("skopeo", "inspect", transport+archive).CombinedOutput()
+		if err != nil {
+			t.Errorf("skopeo inspect %s: %v\n%s", transport, err, out)
+		}
+	}
+	d.mustCtl("rmi", "app:v1")
+	d.mustCtl("rmi", second)
+	d.assertNoImageData()
+	out = d.mustCtl("load", "-i", archive)
+	if !hasLine(out, "Loaded image: app:v1") {
+		t.Errorf("load output:\n%s", out)
+	}
+	in := d.inspect("app:v1")
+	if tgt, _ := in["target"].(map[string]any); tgt["digest"] != digest {
+		t.Errorf("loaded image digest %v, want %s", tgt["digest"], digest)
+	}
+	if in["chainId"] == nil {
+		t.Errorf("loaded image has no chain ID")
+	}
+}
+
+func TestImageLoadDockerSaveArchive(t *testing.T) {
+	d := startDaemon(t)
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "d1"))
+	archive := filepath.Join(t.TempDir(), "docker.tar")
+	tag, err := name.NewTag("example.com/team/tool:1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	out := d.mustCtl("load", "-i", archive)
+	if !hasLine(out, "Loaded image: example.com/team/tool:1.0") {
+		t.Fatalf("load:\n%s", out)
+	}
+	in := d.inspect("example.com/team/tool:1.0")
+	if fmt.Sprint(in["diffIds"]) == "" || in["chainId"] == nil {
+		t.Errorf("loaded docker archive: %v", in)
+	}
+	if r := d.ctl("load", "-i", "/etc/hostname"); r.Code == 0 {
+		t.Errorf("loading a non-archive succeeded")
 	}
 }

@@ -385,6 +385,10 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 				done[i] <- nil
 				return
 			}
+			if rc == nil {
+				done[i] <- fmt.Errorf("layer %s is missing (the archive lacks it): %w", d.Digest, errdefs.ErrNotFound)
+				return
+			}
 			changed.Store(true)
 			var report func(int64, int64)
 			if !exists[i] {
