@@ -82,8 +82,10 @@ integration: build $(TOOLS)/grpcurl
 demo: build
 	@bash hack/demo.sh
 
+# bench runs the Go benchmarks; BENCH=ColdPull picks the image pull one.
+BENCH ?= .
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	BERTH_BIN=$(BIN) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./...
 
 clean:
 	rm -rf $(BIN)
