@@ -2,13 +2,26 @@ package integration
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/compression"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/berth-dev/berth/integration/fixture"
 	"github.com/berth-dev/berth/snapshotter"
@@ -129,4 +142,71 @@ func TestImageMaliciousLayersAreContained(t *testing.T) {
 	if err := syscall.Stat(canary, &st); err != nil || st.Nlink != 1 {
 		t.Errorf("the canary gained hard links: %d (%v)", st.Nlink, err)
 	}
+}
+
+func TestImagePlatformsAndCompressions(t *testing.T) {
+	d, reg, _ := imageDaemon(t, "")
+	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
+		t.Fatalf("this test builds an amd64+arm64 index; host is %s", runtime.GOARCH)
+	}
+	zstdTar := fixture.LayerTar(t, []fixture.Entry{{Name: "zstd-file", Body: []byte("zstd")}})
+	zl, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(zstdTar)), nil },
+		tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := static.NewLayer(fixture.LayerTar(t, []fixture.Entry{{Name: "plain-file", Body: []byte("plain")}}), types.OCIUncompressedLayer)
+	host, err := mutate.Append(fixture.Image(t, fixture.Config{Cmd: []string{"sh"}, OCI: true}, genLayer(t, "gzip")),
+		mutate.Addendum{Layer: zl, MediaType: types.OCILayerZStd},
+		mutate.Addendum{Layer: plain, MediaType: types.OCIUncompressedLayer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}, OCI: true}, genLayer(t, "other"))
+	otherArch := "arm64"
+	if runtime.GOARCH == "arm64" {
+		otherArch = "amd64"
+	}
+	setArch := func(img v1.Image, arch string) v1.Image {
+		cf, _ := img.ConfigFile()
+		cf = cf.DeepCopy()
+		cf.Architecture = arch
+		out, err := mutate.ConfigFile(img, cf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	host, other = setArch(host, runtime.GOARCH), setArch(other, otherArch)
+	idx := mutate.IndexMediaType(mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: host, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}},
+		mutate.IndexAddendum{Add: other, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: otherArch}}},
+	), types.OCIImageIndex)
+	ref, err := name.ParseReference(reg.Ref("library/multi:latest"), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	d.mustCtl("pull", "--platform", "linux/"+otherArch, "multi")
+	if p, _ := d.inspect("multi")["platform"].(map[string]any); p["architecture"] != otherArch {
+		t.Errorf("--platform linux/%s pulled %v", otherArch, p)
+	}
+	if r := d.ctl("pull", "--platform", "linux/s390x", "multi"); r.Code == 0 || !strings.Contains(r.Stderr, "no matching manifest for linux/s390x") {
+		t.Errorf("pull of a missing platform: %d %s", r.Code, r.Stderr)
+	}
+	d.mustCtl("pull", "multi")
+	in := d.inspect("multi")
+	if p, _ := in["platform"].(map[string]any); p["architecture"] != runtime.GOARCH {
+		t.Errorf("default platform pulled %v", p)
+	}
+	chain, _ := in["chainId"].(string)
+	d.viewImage(chain, func(dir string) {
+		for _, f := range []string{"gzip/file", "zstd-file", "plain-file"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				t.Errorf("%s missing from the image: %v", f, err)
+			}
+		}
+	})
 }
