@@ -152,6 +152,12 @@ func (v *progressView) update(p *berthv1.Progress) {
 	}
 	v.lines[p.Id] = p.Id + ": " + text
 	if !v.tty {
+		// Docker prints status changes only; the byte counts of
+		// Downloading, Extracting and Pushing are for terminals.
+		switch p.Status {
+		case berthv1.ProgressStatus_PROGRESS_STATUS_DOWNLOADING, berthv1.ProgressStatus_PROGRESS_STATUS_EXTRACTING:
+			return
+		}
 		if v.last[p.Id] != p.Status {
 			fmt.Fprintf(v.out, "%s: %s\n", p.Id, statusText[p.Status])
 		}
@@ -207,9 +213,7 @@ func (c *CLI) pull(ctx context.Context, ref string, plat *berthv1.Platform, quie
 		return err
 	}
 	view := newProgressView(c.Out)
-	if !quiet && !strings.HasPrefix(tag, "sha256:") {
-		fmt.Fprintf(c.Out, "%s: Pulling from %s\n", tag, pathOf(ref, familiar))
-	} else if !quiet {
+	if !quiet {
 		fmt.Fprintf(c.Out, "%s: Pulling from %s\n", tag, pathOf(ref, familiar))
 	}
 	for {
