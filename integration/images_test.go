@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/berth-dev/berth/integration/fixture"
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
 // imageDaemon starts a registry with a counting proxy in front, and a
@@ -314,6 +315,19 @@ func TestImagePullResumesAfterKill(t *testing.T) {
 		t.Fatal("no partial download was kept after the kill")
 	}
 	d.start()
+	// The collection at start removed what the killed pull had finished
+	// (its lease died with berthd) but kept the partial download.
+	if b := dirEntries(t, filepath.Join(d.root, "content", "blobs", "sha256")); len(b) != 0 {
+		t.Errorf("blobs of the killed pull left after restart: %v", b)
+	}
+	for _, drv := range []string{"overlay", "native"} {
+		if s := dirEntries(t, filepath.Join(d.root, "snapshots", drv, "snapshots")); len(s) != 0 {
+			t.Errorf("%s snapshots of the killed pull left after restart: %v", drv, s)
+		}
+	}
+	if in := dirEntries(t, filepath.Join(d.root, "content", "ingest")); len(in) != 1 {
+		t.Errorf("partial downloads after restart: %v, want the one to resume", in)
+	}
 	proxy.setThrottle(0)
 	proxy.reset()
 	d.mustCtl("pull", "large")
@@ -462,5 +476,25 @@ func TestImageLoadDockerSaveArchive(t *testing.T) {
 	}
 	if r := d.ctl("load", "-i", "/etc/hostname"); r.Code == 0 {
 		t.Errorf("loading a non-archive succeeded")
+	}
+}
+
+func TestImageRemoveRefusedWhileAContainerUsesIt(t *testing.T) {
+	d, reg, _ := imageDaemon(t, "")
+	reg.Push(t, reg.Ref("library/busybox:latest"), fixture.Busybox(t))
+	d.mustCtl("pull", "busybox")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := berthv1.NewContainersServiceClient(d.conn()).CreateContainer(ctx, &berthv1.CreateContainerRequest{
+		Name: "user", Spec: &berthv1.ContainerSpec{Image: "busybox"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.ctl("rmi", "busybox")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "is used by container") {
+		t.Fatalf("rmi of an image in use: exit %d %s", r.Code, r.Stderr)
+	}
+	if out := d.mustCtl("rmi", "-f", "busybox"); !hasLine(out, "Untagged: busybox:latest") {
+		t.Errorf("rmi -f:\n%s", out)
 	}
 }
