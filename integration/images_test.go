@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -209,6 +210,16 @@ func TestImagePullSharedLayersDownloadsOnlyNewOnes(t *testing.T) {
 			t.Errorf("pull output does not say %s already exists:\n%s", dg[7:19], out)
 		}
 	}
+	df := d.mustCtl("system", "df")
+	if !strings.Contains(df, "TYPE") || !regexp.MustCompile(`(?m)^Images\s+2\s+0\s`).MatchString(df) ||
+		!regexp.MustCompile(`(?m)^Snapshots\s+5\s`).MatchString(df) {
+		t.Errorf("system df:\n%s", df)
+	}
+	out = d.mustCtl("image", "prune", "--all")
+	if !strings.Contains(out, "untagged: big:latest") || !strings.Contains(out, "Total reclaimed space: ") {
+		t.Errorf("image prune --all:\n%s", out)
+	}
+	d.assertNoImageData()
 }
 
 func TestImageConcurrentPullsShareDownloads(t *testing.T) {
