@@ -203,3 +203,19 @@ func TestGarbageCollectKeepsRootsAndLeases(t *testing.T) {
 		t.Errorf("after the lease ended: %+v; want the leased blob and the ingest gone", res)
 	}
 }
+
+func TestExportedLeaseProtectsAContainerSnapshot(t *testing.T) {
+	s, ctx := newTestService(t)
+	l := s.NewLease()
+	l.AddSnapshot("container-rootfs")
+	if _, err := s.opts.Snapshots.Prepare(ctx, "container-rootfs", ""); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.GarbageCollect(ctx, GCOptions{}); err != nil || res.SnapshotsRemoved != 0 {
+		t.Fatalf("leased snapshot collected: %+v %v", res, err)
+	}
+	l.Release()
+	if res, err := s.GarbageCollect(ctx, GCOptions{}); err != nil || res.SnapshotsRemoved != 1 {
+		t.Fatalf("released snapshot kept: %+v %v", res, err)
+	}
+}

@@ -180,3 +180,26 @@ func (s *Service) forEachNamespace(ctx context.Context, fn func(ctx context.Cont
 	}
 	return nil
 }
+
+// Lease keeps blobs and snapshots from garbage collection until Release,
+// for work that creates them before a record references them (a container
+// whose rootfs snapshot is prepared before its record is written). Like
+// the leases of pulls, it lives in memory and dies with berthd.
+type Lease struct {
+	s *Service
+	l *lease
+}
+
+// NewLease starts a lease.
+func (s *Service) NewLease() *Lease { return &Lease{s: s, l: s.newLease()} }
+
+// AddSnapshot protects the snapshot key (and its parents); call it before
+// creating the snapshot.
+func (l *Lease) AddSnapshot(key string) { l.s.addSnapshot(l.l, key) }
+
+// AddBlob protects the blob with digest d; call it before writing it.
+func (l *Lease) AddBlob(d string) { l.s.addBlob(l.l, d) }
+
+// Release ends the lease; what it protected is garbage unless a record
+// references it by then.
+func (l *Lease) Release() { l.s.release(l.l) }
