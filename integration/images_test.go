@@ -143,6 +143,15 @@ func TestImagePullInspectRemove(t *testing.T) {
 	if out := d.mustCtl("images", "--digests"); !strings.Contains(out, digest) {
 		t.Errorf("images --digests lacks %s:\n%s", digest, out)
 	}
+	if out := strings.TrimSpace(d.mustCtl("images", "--format", "{{.name}}")); out != "docker.io/library/busybox:latest" {
+		t.Errorf("images --format: %q", out)
+	}
+	if out := d.mustCtl("images", "busybox"); len(strings.Split(strings.TrimSpace(out), "\n")) != 2 {
+		t.Errorf("images busybox:\n%s", out)
+	}
+	if out := d.mustCtl("images", "--filter", "reference=alpine"); len(strings.Split(strings.TrimSpace(out), "\n")) != 1 {
+		t.Errorf("images --filter reference=alpine:\n%s", out)
+	}
 
 	in := d.inspect("busybox")
 	if in["chainId"] == "" || in["chainId"] == nil {
