@@ -301,6 +301,30 @@ func TestImagePullTamperedBlobLeavesNothing(t *testing.T) {
 	d.mustCtl("pull", "tampered")
 }
 
+// TestImagePullRetryAfterRegistryFailure: a pull that fails because the
+// registry does (not because content is bad) keeps what it fetched, so
+// the retry downloads only the rest.
+func TestImagePullRetryAfterRegistryFailure(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "r1"), genLayer(t, "r2"), genLayer(t, "r3"))
+	reg.Push(t, reg.Ref("library/flaky:latest"), img)
+	ls := layerDigests(t, img)
+	proxy.setFail(ls[2])
+	if r := d.ctl("pull", "flaky"); r.Code == 0 || !strings.Contains(r.Stderr, ls[2]) || !strings.Contains(r.Stderr, "503") {
+		t.Fatalf("pull with a failing registry: exit %d %q", r.Code, r.Stderr)
+	}
+	proxy.setFail("")
+	out := d.mustCtl("pull", "flaky")
+	for _, l := range ls {
+		if got := proxy.gets(l); got != 1 && l != ls[2] || l == ls[2] && got != 2 {
+			t.Errorf("layer %s: %d GETs over both pulls", l[7:19], got)
+		}
+	}
+	if !hasLine(out, "Status: Downloaded newer image for flaky:latest") {
+		t.Errorf("retry:\n%s", out)
+	}
+}
+
 // TestImagePullResumesAfterKill kills berthd while a large layer
 // downloads through a slow proxy; after a restart the next pull asks for
 // the rest with a Range request and fetches only the remainder.

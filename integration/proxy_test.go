@@ -26,6 +26,7 @@ type registryProxy struct {
 	sent      map[string]int64  // digest → body bytes sent
 	throttle  int64             // bytes per second for blobs, 0 = off
 	tamper    string            // digest whose body gets one byte flipped
+	fail      string            // digest whose GETs answer 503
 	blobBytes atomic.Int64
 }
 
@@ -60,7 +61,12 @@ func startProxy(t *testing.T, upstream string) *registryProxy {
 			if rg := r.Header.Get("Range"); rg != "" {
 				p.ranges[m[1]] = rg
 			}
+			fail := p.fail == m[1]
 			p.mu.Unlock()
+			if fail {
+				http.Error(w, "unavailable for the test", http.StatusServiceUnavailable)
+				return
+			}
 		}
 		rp.ServeHTTP(w, r)
 	})}
@@ -79,6 +85,12 @@ func (p *registryProxy) setThrottle(bps int64) {
 func (p *registryProxy) setTamper(d string) {
 	p.mu.Lock()
 	p.tamper = d
+	p.mu.Unlock()
+}
+
+func (p *registryProxy) setFail(d string) {
+	p.mu.Lock()
+	p.fail = d
 	p.mu.Unlock()
 }
 

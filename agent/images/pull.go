@@ -69,8 +69,10 @@ func ShortID(d string) string {
 // layers whose snapshot already exists, so that push and save work; such
 // layers are reported "Already exists" and not unpacked again.
 //
-// On failure nothing the pull wrote stays referenced: a collection runs
-// and removes it, except partial downloads, which stay resumable.
+// On failure no image record is written. When the content failed
+// verification a collection removes everything the pull wrote (partial
+// downloads of other blobs excepted); after other failures the blobs and
+// snapshots stay, unreferenced, until the next collection.
 func (s *Service) Pull(ctx context.Context, refStr string, opts PullOptions) (_ *PullResult, retErr error) {
 	ref, err := ParseRef(refStr)
 	if err != nil {
@@ -98,9 +100,12 @@ func (s *Service) Pull(ctx context.Context, refStr string, opts PullOptions) (_ 
 	l := s.newLease()
 	defer func() {
 		s.release(l)
-		if retErr != nil {
-			// What this pull wrote and nothing else uses is garbage
-			// now; partial downloads stay for a resume.
+		if retErr != nil && badContent(retErr) {
+			// Nothing of an image whose content failed verification
+			// stays. After other failures (network, registry, a
+			// cancelled client) what was written stays, unreferenced,
+			// until the next collection, so a retry soon after
+			// fetches only the rest.
 			if _, err := s.GarbageCollect(context.WithoutCancel(ctx), GCOptions{}); err != nil {
 				s.log.Warn("collect garbage after a failed pull", "ref", ref.Name, "error", err)
 			}
@@ -181,6 +186,12 @@ func (s *Service) Pull(ctx context.Context, refStr string, opts PullOptions) (_ 
 	}
 	upToDate := !changed && previous != nil && previous.GetTarget().GetDigest() == target.Digest.String()
 	return &PullResult{Image: saved, UpToDate: upToDate}, nil
+}
+
+// badContent reports whether a pull failed because what the registry sent
+// is wrong: a digest, size or diff ID mismatch, or malformed content.
+func badContent(err error) bool {
+	return errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrDataLoss) || errors.Is(err, errdefs.ErrInvalidArgument)
 }
 
 // resolve finds the manifest of ref on the first endpoint that answers:
