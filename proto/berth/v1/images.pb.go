@@ -571,10 +571,12 @@ func (x *PullDone) GetUpToDate() bool {
 }
 
 type PushRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reference     string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
-	Platform      *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	Auth          *RegistryAuth          `protobuf:"bytes,3,opt,name=auth,proto3" json:"auth,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reference string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// platform is reserved for multi-platform pushes; Berth holds one
+	// platform manifest per image and pushes that one.
+	Platform      *Platform     `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Auth          *RegistryAuth `protobuf:"bytes,3,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
