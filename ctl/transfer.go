@@ -18,16 +18,11 @@ import (
 )
 
 func newPushCommand(c *CLI) *cobra.Command {
-	var platform string
 	cmd := &cobra.Command{
-		Use:   "push [OPTIONS] NAME[:TAG]",
+		Use:   "push NAME[:TAG]",
 		Short: "Upload an image to a registry",
 		Args:  args(1, 1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			plat, err := parsePlatform(platform)
-			if err != nil {
-				return err
-			}
 			cl, err := c.Client()
 			if err != nil {
 				return err
@@ -37,7 +32,7 @@ func newPushCommand(c *CLI) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			stream, err := cl.Images.Push(cmd.Context(), &berthv1.PushRequest{Reference: a[0], Platform: plat, Auth: auth})
+			stream, err := cl.Images.Push(cmd.Context(), &berthv1.PushRequest{Reference: a[0], Auth: auth})
 			if err != nil {
 				return err
 			}
@@ -61,7 +56,6 @@ func newPushCommand(c *CLI) *cobra.Command {
 			}
 		},
 	}
-	cmd.Flags().StringVar(&platform, "platform", "", "push only this platform's manifest")
 	return cmd
 }
 
