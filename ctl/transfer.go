@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
@@ -314,10 +315,16 @@ func newLoginCommand(c *CLI) *cobra.Command {
 				}
 				pass = strings.TrimRight(string(b), "\r\n")
 			}
+			in := bufio.NewReader(os.Stdin)
 			if user == "" {
 				fmt.Fprint(c.Out, "Username: ")
-				line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+				line, _ := in.ReadString('\n')
 				user = strings.TrimSpace(line)
+			}
+			if pass == "" && !passStdin && isTerminal(os.Stdin) {
+				fmt.Fprint(c.Out, "Password: ")
+				pass = readPassword(in)
+				fmt.Fprintln(c.Out)
 			}
 			if user == "" || pass == "" {
 				return usageError{errors.New("login needs a username and a password (-u USER and -p PASS or --password-stdin)")}
@@ -385,4 +392,18 @@ func newLogoutCommand(c *CLI) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// readPassword reads a line from the terminal on stdin with echo off.
+func readPassword(in *bufio.Reader) string {
+	fd := int(os.Stdin.Fd())
+	if old, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		noEcho := *old
+		noEcho.Lflag &^= unix.ECHO
+		if unix.IoctlSetTermios(fd, unix.TCSETS, &noEcho) == nil {
+			defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+		}
+	}
+	line, _ := in.ReadString('\n')
+	return strings.TrimRight(line, "\r\n")
 }
