@@ -142,6 +142,13 @@ func TestImageMaliciousLayersAreContained(t *testing.T) {
 	if err := syscall.Stat(canary, &st); err != nil || st.Nlink != 1 {
 		t.Errorf("the canary gained hard links: %d (%v)", st.Nlink, err)
 	}
+	// ".." at the root stays at the root: the entry landed inside.
+	chain, _ := d.inspect("evil-dotdot")["chainId"].(string)
+	d.viewImage(chain, func(dir string) {
+		if b, err := os.ReadFile(filepath.Join(dir, escape)); err != nil || string(b) != "escaped" {
+			t.Errorf("the ../ entry is not inside the image: %q %v", b, err)
+		}
+	})
 }
 
 func TestImagePlatformsAndCompressions(t *testing.T) {

@@ -219,3 +219,35 @@ func TestExportedLeaseProtectsAContainerSnapshot(t *testing.T) {
 		t.Fatalf("released snapshot kept: %+v %v", res, err)
 	}
 }
+
+func TestGarbageCollectKeepsContainerSnapshots(t *testing.T) {
+	s, ctx := newTestService(t)
+	base := "sha256:" + hex64('2')
+	if _, err := s.opts.Snapshots.Prepare(ctx, "tmp", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.opts.Snapshots.Commit(ctx, base, "tmp"); err != nil {
+		t.Fatal(err)
+	}
+	id := hex64('c')
+	for _, k := range []string{"rootfs-of-c", id} {
+		if _, err := s.opts.Snapshots.Prepare(ctx, k, base); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.opts.DB.Containers().Create(ctx, &berthv1.Container{Id: id, Name: "c", SnapshotKey: "rootfs-of-c",
+		Spec: &berthv1.ContainerSpec{Image: "docker.io/library/gone:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The image is gone (rmi -f); the container keeps its snapshots and
+	// their parent.
+	if res, err := s.GarbageCollect(ctx, GCOptions{}); err != nil || res.SnapshotsRemoved != 0 {
+		t.Fatalf("collection removed a container's snapshots: %+v %v", res, err)
+	}
+	if err := s.opts.DB.Containers().Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.GarbageCollect(ctx, GCOptions{}); err != nil || res.SnapshotsRemoved != 3 {
+		t.Fatalf("after the container went: %+v %v; want its 2 snapshots and the parent removed", res, err)
+	}
+}
