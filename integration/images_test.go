@@ -542,3 +542,20 @@ func TestImageRemoveRefusedWhileAContainerUsesIt(t *testing.T) {
 		t.Errorf("rmi -f:\n%s", out)
 	}
 }
+
+// TestImageLayersUnpackWhileOthersDownload checks the pipeline: the small
+// first layer is unpacked while the large second one is still coming.
+func TestImageLayersUnpackWhileOthersDownload(t *testing.T) {
+	d, reg, proxy := imageDaemon(t, "")
+	img := fixture.Image(t, fixture.Config{Cmd: []string{"sh"}}, genLayer(t, "small"),
+		fixture.Layer(t, fixture.LayerTar(t, []fixture.Entry{{Name: "big", Body: randomBytes(t, 1<<20)}})))
+	reg.Push(t, reg.Ref("library/pipe:latest"), img)
+	ls := layerDigests(t, img)
+	proxy.setThrottle(2 << 20)
+	out := d.mustCtl("pull", "pipe")
+	first := strings.Index(out, ls[0][7:19]+": Pull complete")
+	second := strings.Index(out, ls[1][7:19]+": Download complete")
+	if first < 0 || second < 0 || first > second {
+		t.Errorf("layer 1 was not unpacked before layer 2 finished downloading:\n%s", out)
+	}
+}
