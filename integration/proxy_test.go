@@ -16,7 +16,9 @@ import (
 
 // registryProxy sits between berthd and a test registry: it counts blob
 // downloads, records Range requests and bytes sent, can slow blobs down
-// so a test can kill berthd mid-download, and can tamper with one blob.
+// so a test can kill berthd mid-download, can tamper with one blob, and
+// can make one blob unavailable. The throttle is approximate: at most
+// min(bps/20, one 32 KiB proxy read) per 50 ms.
 type registryProxy struct {
 	Addr string
 
