@@ -119,6 +119,13 @@ func (s *Service) Pull(ctx context.Context, refStr string, opts PullOptions) (_ 
 	if err := s.fetchSmall(ctx, l, rc, "manifests", target); err != nil {
 		return nil, fmt.Errorf("pull %s: manifest: %w", ref.Familiar(), err)
 	}
+	if !isIndex(target.MediaType) && !isManifest(target.MediaType) {
+		// Some registries send no or a generic Content-Type: the
+		// document says what it is.
+		if mt := s.sniffMediaType(ctx, target); mt != "" {
+			target.MediaType = mt
+		}
+	}
 	manifestDesc := target
 	if isIndex(target.MediaType) {
 		var idx ocispec.Index
@@ -237,6 +244,28 @@ func (s *Service) fetchSmall(ctx context.Context, l *lease, rc *repoClient, kind
 	}
 	s.addBlob(l, desc.Digest.String())
 	return s.opts.Content.Fetch(ctx, desc, rc.open(kind, desc), nil)
+}
+
+// sniffMediaType reads a manifest's own mediaType field, or guesses from
+// its shape (an index lists manifests, a manifest has a config).
+func (s *Service) sniffMediaType(ctx context.Context, desc ocispec.Descriptor) string {
+	var doc struct {
+		MediaType string            `json:"mediaType"`
+		Manifests []json.RawMessage `json:"manifests"`
+		Config    json.RawMessage   `json:"config"`
+	}
+	if err := s.readJSON(ctx, desc, &doc); err != nil {
+		return ""
+	}
+	switch {
+	case doc.MediaType != "":
+		return doc.MediaType
+	case doc.Manifests != nil:
+		return ocispec.MediaTypeImageIndex
+	case doc.Config != nil:
+		return ocispec.MediaTypeImageManifest
+	}
+	return ""
 }
 
 // readJSON decodes a small blob from the content store.
