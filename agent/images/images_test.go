@@ -251,3 +251,17 @@ func TestGarbageCollectKeepsContainerSnapshots(t *testing.T) {
 		t.Fatalf("after the container went: %+v %v; want its 2 snapshots and the parent removed", res, err)
 	}
 }
+
+func TestSniffMediaType(t *testing.T) {
+	s, ctx := newTestService(t)
+	for doc, want := range map[string]string{
+		`{"schemaVersion":2,"manifests":[]}`:                                 ocispec.MediaTypeImageIndex,
+		`{"schemaVersion":2,"config":{},"layers":[]}`:                        ocispec.MediaTypeImageManifest,
+		`{"mediaType":"` + MediaTypeDockerManifestList + `","manifests":[]}`: MediaTypeDockerManifestList,
+		`not json`: "",
+	} {
+		if got := s.sniffMediaType(ctx, putBlob(t, s, doc)); got != want {
+			t.Errorf("%s: %q, want %q", doc, got, want)
+		}
+	}
+}
