@@ -19,7 +19,7 @@ LDFLAGS := -X github.com/berth-dev/berth/version.Version=$(VERSION) -X github.co
 # Debian packages the integration tests and the demo use.
 TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev skopeo
 
-.PHONY: all build bench-quick berthd berth-shim berthctl tools proto proto-check proto-lint lint \
+.PHONY: all build bench-quick bench-go berthd berth-shim berthctl tools proto proto-check proto-lint lint \
 	test unit integration test-deps demo bench clean
 
 all: build
@@ -93,6 +93,11 @@ bench: test-deps build
 # bench-quick checks the harness itself with few iterations and a small image.
 bench-quick: test-deps build
 	$(GO) run ./integration/bench -bin $(BIN) -quick -out /tmp/berth-bench-quick.json
+
+# bench-go runs the Go benchmarks alone; BENCH=ColdPull picks one.
+BENCH ?= .
+bench-go: build
+	BERTH_BIN=$(BIN) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./...
 
 clean:
 	rm -rf $(BIN)

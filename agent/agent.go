@@ -25,6 +25,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/config"
 	"github.com/berth-dev/berth/agent/events"
+	"github.com/berth-dev/berth/agent/images"
 	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
@@ -49,9 +50,11 @@ type Agent struct {
 	// <root>/snapshots/<driver>.
 	snapshots   snapshotter.Snapshotter
 	snapshotter string
-	server      *grpc.Server
-	health      *health.Server
-	start       time.Time
+	// images pulls, pushes, imports, exports and collects garbage.
+	images *images.Service
+	server *grpc.Server
+	health *health.Server
+	start  time.Time
 
 	listeners []net.Listener
 	closeOnce sync.Once
@@ -100,7 +103,30 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
+	hosts := map[string]images.Host{}
+	for domain, h := range cfg.Registry {
+		hosts[domain] = images.Host{Mirrors: h.Mirrors, PlainHTTP: h.PlainHTTP, SkipVerify: h.SkipVerify}
+	}
+	imgs, err := images.New(images.Options{
+		Content: cs, Snapshots: sn, DB: db, Hosts: hosts, Log: log,
+		MaxConcurrentDownloads: cfg.Images.MaxConcurrentDownloads,
+		IngestExpiry:           cfg.Images.IngestExpiry.Duration,
+		TempDir:                cfg.State,
+	})
+	if err != nil {
+		sn.Close()
+		cs.Close()
+		db.Close()
+		lock.Close()
+		return nil, err
+	}
+	// What a crash or a killed pull left behind goes now (partial
+	// downloads younger than ingest_expiry stay, to be resumed).
+	if _, err := imgs.GarbageCollect(context.Background(), images.GCOptions{}); err != nil {
+		log.Warn("garbage collection at start", "error", err)
+	}
 	a := &Agent{
+		images:      imgs,
 		content:     cs,
 		snapshots:   sn,
 		snapshotter: driver,

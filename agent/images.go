@@ -1,12 +1,18 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"path"
 	"strings"
 
+	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/authn"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/berth-dev/berth/agent/images"
 
 	"github.com/berth-dev/berth/errdefs"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
@@ -57,7 +63,8 @@ func (s *imagesService) findImage(ctx context.Context, ref string) (*berthv1.Ima
 	hexRef := strings.TrimPrefix(ref, "sha256:")
 	if isHex(hexRef) && len(hexRef) <= 64 {
 		list, err := s.a.db.Images().List(ctx, func(img *berthv1.Image) bool {
-			return strings.HasPrefix(strings.TrimPrefix(img.GetTarget().GetDigest(), "sha256:"), hexRef)
+			return strings.HasPrefix(strings.TrimPrefix(img.GetTarget().GetDigest(), "sha256:"), hexRef) ||
+				strings.HasPrefix(strings.TrimPrefix(img.GetConfigDescriptor().GetDigest(), "sha256:"), hexRef)
 		})
 		if err != nil {
 			return nil, err
@@ -119,16 +126,44 @@ func (s *imagesService) TagImage(ctx context.Context, req *berthv1.TagImageReque
 	return &berthv1.TagImageResponse{Image: out}, nil
 }
 
-// RemoveImage removes the record; the blobs and snapshots it referenced
-// become garbage for the next collection. Refusing removal while containers
-// use the image, and untagging by digest, come with the image issue.
+// RemoveImage untags an image. When no other name points to the same
+// manifest, the image is deleted: its blobs and snapshots are collected
+// at once unless something else uses them. An image still used by a
+// container is refused unless force; a digest or ID that several names
+// share is refused unless force, which then removes every name.
 func (s *imagesService) RemoveImage(ctx context.Context, req *berthv1.RemoveImageRequest) (*berthv1.RemoveImageResponse, error) {
 	img, err := s.findImage(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
+	target := img.GetTarget().GetDigest()
+	same, err := s.a.db.Images().List(ctx, func(o *berthv1.Image) bool { return o.GetTarget().GetDigest() == target })
+	if err != nil {
+		return nil, err
+	}
+	// Given by digest or ID rather than by its own name?
+	n, nerr := normalizeRef("name", req.GetName())
+	byID := nerr != nil || n != img.Name
+	remove := []*berthv1.Image{img}
+	if byID && len(same) > 1 {
+		if !req.GetForce() {
+			return nil, fmt.Errorf("unable to delete %s (must be forced): the image is referenced by %d names (%s, ...): remove them by name or use force: %w",
+				imageID(img), len(same), familiarRef(same[0].Name), errdefs.ErrFailedPrecondition)
+		}
+		remove = same
+	}
 	if !req.GetForce() {
-		users, err := s.a.db.Containers().List(ctx, func(c *berthv1.Container) bool { return c.GetSpec().GetImage() == img.Name })
+		users, err := s.a.db.Containers().List(ctx, func(c *berthv1.Container) bool {
+			if c.GetImageDigest() != "" {
+				return c.GetImageDigest() == target && len(same) == len(remove)
+			}
+			for _, r := range remove {
+				if n, err := normalizeRef("image", c.GetSpec().GetImage()); err == nil && n == r.Name {
+					return true
+				}
+			}
+			return false
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -137,29 +172,151 @@ func (s *imagesService) RemoveImage(ctx context.Context, req *berthv1.RemoveImag
 				familiarRef(img.Name), users[0].Id[:min(12, len(users[0].Id))], users[0].Name, errdefs.ErrFailedPrecondition)
 		}
 	}
-	if err := s.a.db.Images().Delete(ctx, img.Name); err != nil {
+	resp := &berthv1.RemoveImageResponse{}
+	for _, r := range remove {
+		if err := s.a.db.Images().Delete(ctx, r.Name); err != nil {
+			return nil, err
+		}
+		resp.Untagged = append(resp.Untagged, familiarRef(r.Name))
+		if named, err := reference.ParseNormalizedNamed(r.Name); err == nil && target != "" {
+			resp.Untagged = append(resp.Untagged, reference.FamiliarName(named)+"@"+target)
+		}
+		s.a.events.Publish(ctx, "/images/delete", r.Name, map[string]string{"digest": target})
+	}
+	if len(same) == len(remove) {
+		resp.Deleted = append(resp.Deleted, img.GetConfigDescriptor().GetDigest())
+		if _, err := s.a.images.GarbageCollect(ctx, images.GCOptions{}); err != nil {
+			s.a.log.Warn("garbage collection after rmi", "error", err)
+		}
+	}
+	return resp, nil
+}
+
+// imageID is the ID Docker shows: the config digest.
+func imageID(img *berthv1.Image) string {
+	if d := img.GetConfigDescriptor().GetDigest(); d != "" {
+		return d
+	}
+	return img.GetTarget().GetDigest()
+}
+
+func platformOf(p *berthv1.Platform) ocispec.Platform {
+	return ocispec.Platform{OS: p.GetOs(), Architecture: p.GetArchitecture(), Variant: p.GetVariant(), OSVersion: p.GetOsVersion()}
+}
+
+func authOf(a *berthv1.RegistryAuth) authn.Authenticator {
+	return images.AuthFrom(a.GetUsername(), a.GetPassword(), a.GetIdentityToken(), a.GetRegistryToken())
+}
+
+func (s *imagesService) Pull(req *berthv1.PullRequest, stream berthv1.ImagesService_PullServer) error {
+	ctx := stream.Context()
+	res, err := s.a.images.Pull(ctx, req.GetReference(), images.PullOptions{
+		Platform: platformOf(req.GetPlatform()),
+		Auth:     authOf(req.GetAuth()),
+		Resolved: func(r *berthv1.PullResolved) {
+			stream.Send(&berthv1.PullResponse{Update: &berthv1.PullResponse_Resolved{Resolved: r}})
+		},
+		Progress: func(p *berthv1.Progress) {
+			stream.Send(&berthv1.PullResponse{Update: &berthv1.PullResponse_Progress{Progress: p}})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if !res.UpToDate {
+		s.a.events.Publish(ctx, "/images/pull", res.Image.Name, map[string]string{"digest": res.Image.GetTarget().GetDigest()})
+	}
+	return stream.Send(&berthv1.PullResponse{Update: &berthv1.PullResponse_Done{Done: &berthv1.PullDone{Image: res.Image, UpToDate: res.UpToDate}}})
+}
+
+func (s *imagesService) Push(req *berthv1.PushRequest, stream berthv1.ImagesService_PushServer) error {
+	res, err := s.a.images.Push(stream.Context(), req.GetReference(), images.PushOptions{
+		Auth: authOf(req.GetAuth()),
+		Progress: func(p *berthv1.Progress) {
+			stream.Send(&berthv1.PushResponse{Update: &berthv1.PushResponse_Progress{Progress: p}})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	s.a.events.Publish(stream.Context(), "/images/push", res.Name, map[string]string{"digest": res.Digest})
+	return stream.Send(&berthv1.PushResponse{Update: &berthv1.PushResponse_Done{Done: &berthv1.PushDone{Name: res.Name, Digest: res.Digest, Size: res.Size}}})
+}
+
+// importReader turns the chunks of an Import stream into an io.Reader.
+type importReader struct {
+	stream berthv1.ImagesService_ImportServer
+	buf    []byte
+}
+
+func (r *importReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		req, err := r.stream.Recv()
+		if err != nil {
+			return 0, err // io.EOF when the client is done
+		}
+		if req.GetOptions() != nil {
+			return 0, fmt.Errorf("import: options may only come first: %w", errdefs.ErrInvalidArgument)
+		}
+		r.buf = req.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (s *imagesService) Import(stream berthv1.ImagesService_ImportServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	opts := images.ImportOptions{}
+	r := &importReader{stream: stream}
+	if o := first.GetOptions(); o != nil {
+		opts.Name = o.GetName()
+		opts.Platform = platformOf(o.GetPlatform())
+	} else {
+		r.buf = first.GetChunk()
+	}
+	list, err := s.a.images.Import(stream.Context(), r, opts)
+	if err != nil {
+		return err
+	}
+	for _, img := range list {
+		s.a.events.Publish(stream.Context(), "/images/load", img.Name, map[string]string{"digest": img.GetTarget().GetDigest()})
+	}
+	return stream.SendAndClose(&berthv1.ImportResponse{Images: list})
+}
+
+// exportWriter sends what it is given as ExportResponse chunks.
+type exportWriter struct {
+	stream berthv1.ImagesService_ExportServer
+}
+
+func (w exportWriter) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += exportChunk {
+		end := min(off+exportChunk, len(p))
+		if err := w.stream.Send(&berthv1.ExportResponse{Chunk: p[off:end]}); err != nil {
+			return off, err
+		}
+	}
+	return len(p), nil
+}
+
+// exportChunk keeps messages well under gRPC's default 4 MiB limit.
+const exportChunk = 1 << 20
+
+func (s *imagesService) Export(req *berthv1.ExportRequest, stream berthv1.ImagesService_ExportServer) error {
+	bw := bufio.NewWriterSize(exportWriter{stream: stream}, exportChunk)
+	if err := s.a.images.Export(stream.Context(), bw, req.GetNames()); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+func (s *imagesService) Authenticate(ctx context.Context, req *berthv1.AuthenticateRequest) (*berthv1.AuthenticateResponse, error) {
+	if err := s.a.images.Authenticate(ctx, req.GetRegistry(), authOf(req.GetAuth())); err != nil {
 		return nil, err
 	}
-	s.a.events.Publish(ctx, "/images/delete", img.Name, map[string]string{"digest": img.GetTarget().GetDigest()})
-	return &berthv1.RemoveImageResponse{Untagged: []string{familiarRef(img.Name)}}, nil
-}
-
-func (s *imagesService) Pull(*berthv1.PullRequest, berthv1.ImagesService_PullServer) error {
-	return notYet("pull", "the image issue")
-}
-
-func (s *imagesService) Push(*berthv1.PushRequest, berthv1.ImagesService_PushServer) error {
-	return notYet("push", "the image issue")
-}
-
-func (s *imagesService) Import(berthv1.ImagesService_ImportServer) error {
-	return notYet("import (load)", "the image issue")
-}
-
-func (s *imagesService) Export(*berthv1.ExportRequest, berthv1.ImagesService_ExportServer) error {
-	return notYet("export (save)", "the image issue")
-}
-
-func (s *imagesService) Authenticate(context.Context, *berthv1.AuthenticateRequest) (*berthv1.AuthenticateResponse, error) {
-	return nil, notYet("registry login", "the image issue")
+	return &berthv1.AuthenticateResponse{Status: "Login Succeeded"}, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-dev/berth/agent/images"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata/namespaces"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
@@ -90,12 +91,29 @@ func (s *systemService) Info(ctx context.Context, _ *berthv1.InfoRequest) (*bert
 	return resp, nil
 }
 
-func (s *systemService) DiskUsage(context.Context, *berthv1.DiskUsageRequest) (*berthv1.DiskUsageResponse, error) {
-	return nil, notYet("system df", "the image issue (content store and snapshotter)")
+func (s *systemService) DiskUsage(ctx context.Context, _ *berthv1.DiskUsageRequest) (*berthv1.DiskUsageResponse, error) {
+	list, err := s.a.images.DiskUsage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &berthv1.DiskUsageResponse{}
+	for _, u := range list {
+		resp.Entries = append(resp.Entries, &berthv1.DiskUsageResponse_Entry{
+			Kind: u.Kind, Total: u.Total, Active: u.Active, SizeBytes: u.Size, ReclaimableBytes: u.Reclaimable,
+		})
+	}
+	return resp, nil
 }
 
-func (s *systemService) GarbageCollect(context.Context, *berthv1.GarbageCollectRequest) (*berthv1.GarbageCollectResponse, error) {
-	return nil, notYet("garbage collection", "the image issue (content store and snapshotter)")
+func (s *systemService) GarbageCollect(ctx context.Context, req *berthv1.GarbageCollectRequest) (*berthv1.GarbageCollectResponse, error) {
+	res, err := s.a.images.GarbageCollect(ctx, images.GCOptions{AllIngests: req.GetAllIngests()})
+	if err != nil {
+		return nil, err
+	}
+	return &berthv1.GarbageCollectResponse{
+		BlobsRemoved: res.BlobsRemoved, SnapshotsRemoved: res.SnapshotsRemoved,
+		IngestsRemoved: res.IngestsRemoved, BytesFreed: res.BytesFreed,
+	}, nil
 }
 
 // cgroupVersion reports "2" on a unified hierarchy and "1" otherwise

@@ -107,8 +107,10 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		newInspectCommand(c),
 		newTopCommand(c),
 		newStatsCommand(c),
+		newSystemCommand(c),
 	)
 	root.AddCommand(newPauseCommands(c)...)
+	root.AddCommand(newImageCommands(c)...)
 	// -a is --address and -n is --namespace everywhere except in the
 	// commands where Docker gives those letters a meaning of its own
 	// (ps -a/-n, start -a, stats -a, logs -n); there the long forms or the

@@ -37,6 +37,23 @@ type Config struct {
 	TCP             TCP      `toml:"tcp"`
 	Events          Events   `toml:"events"`
 	Logs            Logs     `toml:"logs"`
+	Images          Images   `toml:"images"`
+	// Registry configures registry hosts by the domain references name
+	// ("docker.io", "127.0.0.1:5000").
+	Registry map[string]RegistryHost `toml:"registry"`
+}
+
+// Images configures pulls and garbage collection.
+type Images struct {
+	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads"`
+	IngestExpiry           Duration `toml:"ingest_expiry"`
+}
+
+// RegistryHost configures how one registry is reached.
+type RegistryHost struct {
+	Mirrors    []string `toml:"mirrors"`
+	PlainHTTP  bool     `toml:"plain_http"`
+	SkipVerify bool     `toml:"skip_verify"`
 }
 
 // TCP configures the remote listener.
@@ -129,6 +146,29 @@ max_size = 10485760
 # max_files is how many log files are kept per container, the live one
 # included.
 max_files = 3
+
+[images]
+# max_concurrent_downloads bounds the layers one pull downloads at once.
+max_concurrent_downloads = 3
+# ingest_expiry is how long an interrupted download (a killed pull, a
+# dropped connection) is kept so the next pull resumes it with a Range
+# request; garbage collection removes older ones. 'berthctl system prune'
+# removes them all.
+ingest_expiry = "1h"
+
+# [registry."<domain>"] configures one registry, named as in references
+# ("docker.io", "ghcr.io", "127.0.0.1:5000"). No table means HTTPS with
+# certificate checks, except localhost and 127.0.0.0/8, which use plain
+# HTTP as Docker does. Credentials never go here: berthctl sends them
+# with each request (see 'berthctl login').
+#
+# [registry."docker.io"]
+# # mirrors are tried in order before the registry itself.
+# mirrors = ["http://127.0.0.1:5000"]
+# # plain_http talks HTTP instead of HTTPS to the registry itself.
+# plain_http = false
+# # skip_verify accepts any TLS certificate from the registry and mirrors.
+# skip_verify = false
 `
 
 // Default returns the default configuration.
@@ -188,6 +228,22 @@ func (c *Config) Validate() error {
 	if c.TCP.Address != "" && !c.TCP.Insecure && (c.TCP.TLSCert == "" || c.TCP.TLSKey == "" || c.TCP.TLSCA == "") {
 		return fmt.Errorf("tcp address %s needs mutual TLS (--tls-cert, --tls-key, --tls-ca or [tcp] tls_cert, tls_key, tls_ca), or plain TCP with --insecure-tcp: %w",
 			c.TCP.Address, errdefs.ErrInvalidArgument)
+	}
+	if n := c.Images.MaxConcurrentDownloads; n < 1 || n > 64 {
+		return fmt.Errorf("images.max_concurrent_downloads %d: use 1 to 64: %w", n, errdefs.ErrInvalidArgument)
+	}
+	if c.Images.IngestExpiry.Duration <= 0 {
+		return fmt.Errorf("images.ingest_expiry %s must be positive: %w", c.Images.IngestExpiry, errdefs.ErrInvalidArgument)
+	}
+	for domain, h := range c.Registry {
+		if domain == "" || strings.ContainsAny(domain, "/ ") {
+			return fmt.Errorf("registry %q: want a registry domain such as \"docker.io\" or \"127.0.0.1:5000\": %w", domain, errdefs.ErrInvalidArgument)
+		}
+		for _, m := range h.Mirrors {
+			if !strings.HasPrefix(m, "http://") && !strings.HasPrefix(m, "https://") {
+				return fmt.Errorf("registry %q: mirror %q must start with http:// or https://: %w", domain, m, errdefs.ErrInvalidArgument)
+			}
+		}
 	}
 	if c.ShutdownTimeout.Duration < 0 {
 		return fmt.Errorf("shutdown_timeout %s is negative: %w", c.ShutdownTimeout, errdefs.ErrInvalidArgument)

@@ -37,6 +37,16 @@ func TestLoad(t *testing.T) {
 	if err != nil || c.Root != "/srv/berth" || c.Events.SubscriberBuffer != 8 || c.State != "/run/berth" {
 		t.Fatalf("load: %+v %v", c, err)
 	}
+	os.WriteFile(path, []byte("[images]\nmax_concurrent_downloads = 5\n[registry.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n[registry.\"127.0.0.1:5000\"]\nplain_http = true\n"), 0o644)
+	c, err = Load(path, true)
+	if err != nil || c.Images.MaxConcurrentDownloads != 5 || c.Images.IngestExpiry.Duration != time.Hour ||
+		c.Registry["docker.io"].Mirrors[0] != "http://127.0.0.1:5000" || !c.Registry["127.0.0.1:5000"].PlainHTTP || c.Validate() != nil {
+		t.Fatalf("images and registry keys: %+v %v", c, err)
+	}
+	os.WriteFile(path, []byte("[registry.\"docker.io\"]\nmirror = [\"http://x\"]\n"), 0o644)
+	if _, err := Load(path, true); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "mirror") {
+		t.Fatalf("unknown registry key: %v", err)
+	}
 	os.WriteFile(path, []byte("roots = \"/x\"\n"), 0o644)
 	if _, err := Load(path, true); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "roots") {
 		t.Fatalf("unknown key: %v", err)
@@ -54,6 +64,12 @@ func TestValidate(t *testing.T) {
 		"log format":    func(c *Config) { c.LogFormat = "xml" },
 		"tcp no tls":    func(c *Config) { c.TCP.Address = "127.0.0.1:2376" },
 		"snapshotter":   func(c *Config) { c.Snapshotter = "zfs" },
+		"downloads":     func(c *Config) { c.Images.MaxConcurrentDownloads = 0 },
+		"ingest expiry": func(c *Config) { c.Images.IngestExpiry.Duration = 0 },
+		"mirror scheme": func(c *Config) {
+			c.Registry = map[string]RegistryHost{"docker.io": {Mirrors: []string{"127.0.0.1:5000"}}}
+		},
+		"registry name": func(c *Config) { c.Registry = map[string]RegistryHost{"docker.io/library": {}} },
 	} {
 		c := Default()
 		mut(c)

@@ -153,7 +153,10 @@ type Image struct {
 	// image_created is the creation time written in the image config.
 	ImageCreated *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=image_created,json=imageCreated,proto3" json:"image_created,omitempty"`
 	// chain_id is the snapshot of the top layer.
-	ChainId       string `protobuf:"bytes,14,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
+	ChainId string `protobuf:"bytes,14,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
+	// manifest is the platform manifest chosen from target; it equals
+	// target when target is a manifest rather than an index.
+	Manifest      *Descriptor `protobuf:"bytes,15,opt,name=manifest,proto3" json:"manifest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,6 +287,13 @@ func (x *Image) GetChainId() string {
 		return x.ChainId
 	}
 	return ""
+}
+
+func (x *Image) GetManifest() *Descriptor {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
 }
 
 type PullRequest struct {
@@ -561,10 +571,12 @@ func (x *PullDone) GetUpToDate() bool {
 }
 
 type PushRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reference     string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
-	Platform      *Platform              `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
-	Auth          *RegistryAuth          `protobuf:"bytes,3,opt,name=auth,proto3" json:"auth,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reference string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// platform is reserved for multi-platform pushes; Berth holds one
+	// platform manifest per image and pushes that one.
+	Platform      *Platform     `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
+	Auth          *RegistryAuth `protobuf:"bytes,3,opt,name=auth,proto3" json:"auth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1614,7 +1626,7 @@ const file_berth_v1_images_proto_rawDesc = "" +
 	"\avolumes\x18\t \x03(\tR\avolumes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaf\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x05\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12,\n" +
 	"\x06target\x18\x02 \x01(\v2\x14.berth.v1.DescriptorR\x06target\x123\n" +
@@ -1632,7 +1644,8 @@ const file_berth_v1_images_proto_rawDesc = "" +
 	"\x04size\x18\v \x01(\x03R\x04size\x12#\n" +
 	"\runpacked_size\x18\f \x01(\x03R\funpackedSize\x12?\n" +
 	"\rimage_created\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\fimageCreated\x12\x19\n" +
-	"\bchain_id\x18\x0e \x01(\tR\achainId\x1a9\n" +
+	"\bchain_id\x18\x0e \x01(\tR\achainId\x120\n" +
+	"\bmanifest\x18\x0f \x01(\v2\x14.berth.v1.DescriptorR\bmanifest\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
@@ -1779,49 +1792,50 @@ var file_berth_v1_images_proto_depIdxs = []int32{
 	0,  // 7: berth.v1.Image.config:type_name -> berth.v1.ImageConfig
 	29, // 8: berth.v1.Image.platform:type_name -> berth.v1.Platform
 	28, // 9: berth.v1.Image.image_created:type_name -> google.protobuf.Timestamp
-	29, // 10: berth.v1.PullRequest.platform:type_name -> berth.v1.Platform
-	30, // 11: berth.v1.PullRequest.auth:type_name -> berth.v1.RegistryAuth
-	4,  // 12: berth.v1.PullResponse.resolved:type_name -> berth.v1.PullResolved
-	31, // 13: berth.v1.PullResponse.progress:type_name -> berth.v1.Progress
-	5,  // 14: berth.v1.PullResponse.done:type_name -> berth.v1.PullDone
-	27, // 15: berth.v1.PullResolved.layers:type_name -> berth.v1.Descriptor
-	1,  // 16: berth.v1.PullDone.image:type_name -> berth.v1.Image
-	29, // 17: berth.v1.PushRequest.platform:type_name -> berth.v1.Platform
-	30, // 18: berth.v1.PushRequest.auth:type_name -> berth.v1.RegistryAuth
-	31, // 19: berth.v1.PushResponse.progress:type_name -> berth.v1.Progress
-	8,  // 20: berth.v1.PushResponse.done:type_name -> berth.v1.PushDone
-	9,  // 21: berth.v1.ListImagesRequest.filter:type_name -> berth.v1.ImageFilter
-	1,  // 22: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
-	1,  // 23: berth.v1.GetImageResponse.image:type_name -> berth.v1.Image
-	1,  // 24: berth.v1.TagImageResponse.image:type_name -> berth.v1.Image
-	19, // 25: berth.v1.ImportRequest.options:type_name -> berth.v1.ImportOptions
-	29, // 26: berth.v1.ImportOptions.platform:type_name -> berth.v1.Platform
-	1,  // 27: berth.v1.ImportResponse.images:type_name -> berth.v1.Image
-	29, // 28: berth.v1.ExportRequest.platform:type_name -> berth.v1.Platform
-	30, // 29: berth.v1.AuthenticateRequest.auth:type_name -> berth.v1.RegistryAuth
-	2,  // 30: berth.v1.ImagesService.Pull:input_type -> berth.v1.PullRequest
-	6,  // 31: berth.v1.ImagesService.Push:input_type -> berth.v1.PushRequest
-	10, // 32: berth.v1.ImagesService.ListImages:input_type -> berth.v1.ListImagesRequest
-	12, // 33: berth.v1.ImagesService.GetImage:input_type -> berth.v1.GetImageRequest
-	14, // 34: berth.v1.ImagesService.RemoveImage:input_type -> berth.v1.RemoveImageRequest
-	16, // 35: berth.v1.ImagesService.TagImage:input_type -> berth.v1.TagImageRequest
-	18, // 36: berth.v1.ImagesService.Import:input_type -> berth.v1.ImportRequest
-	21, // 37: berth.v1.ImagesService.Export:input_type -> berth.v1.ExportRequest
-	23, // 38: berth.v1.ImagesService.Authenticate:input_type -> berth.v1.AuthenticateRequest
-	3,  // 39: berth.v1.ImagesService.Pull:output_type -> berth.v1.PullResponse
-	7,  // 40: berth.v1.ImagesService.Push:output_type -> berth.v1.PushResponse
-	11, // 41: berth.v1.ImagesService.ListImages:output_type -> berth.v1.ListImagesResponse
-	13, // 42: berth.v1.ImagesService.GetImage:output_type -> berth.v1.GetImageResponse
-	15, // 43: berth.v1.ImagesService.RemoveImage:output_type -> berth.v1.RemoveImageResponse
-	17, // 44: berth.v1.ImagesService.TagImage:output_type -> berth.v1.TagImageResponse
-	20, // 45: berth.v1.ImagesService.Import:output_type -> berth.v1.ImportResponse
-	22, // 46: berth.v1.ImagesService.Export:output_type -> berth.v1.ExportResponse
-	24, // 47: berth.v1.ImagesService.Authenticate:output_type -> berth.v1.AuthenticateResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	27, // 10: berth.v1.Image.manifest:type_name -> berth.v1.Descriptor
+	29, // 11: berth.v1.PullRequest.platform:type_name -> berth.v1.Platform
+	30, // 12: berth.v1.PullRequest.auth:type_name -> berth.v1.RegistryAuth
+	4,  // 13: berth.v1.PullResponse.resolved:type_name -> berth.v1.PullResolved
+	31, // 14: berth.v1.PullResponse.progress:type_name -> berth.v1.Progress
+	5,  // 15: berth.v1.PullResponse.done:type_name -> berth.v1.PullDone
+	27, // 16: berth.v1.PullResolved.layers:type_name -> berth.v1.Descriptor
+	1,  // 17: berth.v1.PullDone.image:type_name -> berth.v1.Image
+	29, // 18: berth.v1.PushRequest.platform:type_name -> berth.v1.Platform
+	30, // 19: berth.v1.PushRequest.auth:type_name -> berth.v1.RegistryAuth
+	31, // 20: berth.v1.PushResponse.progress:type_name -> berth.v1.Progress
+	8,  // 21: berth.v1.PushResponse.done:type_name -> berth.v1.PushDone
+	9,  // 22: berth.v1.ListImagesRequest.filter:type_name -> berth.v1.ImageFilter
+	1,  // 23: berth.v1.ListImagesResponse.images:type_name -> berth.v1.Image
+	1,  // 24: berth.v1.GetImageResponse.image:type_name -> berth.v1.Image
+	1,  // 25: berth.v1.TagImageResponse.image:type_name -> berth.v1.Image
+	19, // 26: berth.v1.ImportRequest.options:type_name -> berth.v1.ImportOptions
+	29, // 27: berth.v1.ImportOptions.platform:type_name -> berth.v1.Platform
+	1,  // 28: berth.v1.ImportResponse.images:type_name -> berth.v1.Image
+	29, // 29: berth.v1.ExportRequest.platform:type_name -> berth.v1.Platform
+	30, // 30: berth.v1.AuthenticateRequest.auth:type_name -> berth.v1.RegistryAuth
+	2,  // 31: berth.v1.ImagesService.Pull:input_type -> berth.v1.PullRequest
+	6,  // 32: berth.v1.ImagesService.Push:input_type -> berth.v1.PushRequest
+	10, // 33: berth.v1.ImagesService.ListImages:input_type -> berth.v1.ListImagesRequest
+	12, // 34: berth.v1.ImagesService.GetImage:input_type -> berth.v1.GetImageRequest
+	14, // 35: berth.v1.ImagesService.RemoveImage:input_type -> berth.v1.RemoveImageRequest
+	16, // 36: berth.v1.ImagesService.TagImage:input_type -> berth.v1.TagImageRequest
+	18, // 37: berth.v1.ImagesService.Import:input_type -> berth.v1.ImportRequest
+	21, // 38: berth.v1.ImagesService.Export:input_type -> berth.v1.ExportRequest
+	23, // 39: berth.v1.ImagesService.Authenticate:input_type -> berth.v1.AuthenticateRequest
+	3,  // 40: berth.v1.ImagesService.Pull:output_type -> berth.v1.PullResponse
+	7,  // 41: berth.v1.ImagesService.Push:output_type -> berth.v1.PushResponse
+	11, // 42: berth.v1.ImagesService.ListImages:output_type -> berth.v1.ListImagesResponse
+	13, // 43: berth.v1.ImagesService.GetImage:output_type -> berth.v1.GetImageResponse
+	15, // 44: berth.v1.ImagesService.RemoveImage:output_type -> berth.v1.RemoveImageResponse
+	17, // 45: berth.v1.ImagesService.TagImage:output_type -> berth.v1.TagImageResponse
+	20, // 46: berth.v1.ImagesService.Import:output_type -> berth.v1.ImportResponse
+	22, // 47: berth.v1.ImagesService.Export:output_type -> berth.v1.ExportResponse
+	24, // 48: berth.v1.ImagesService.Authenticate:output_type -> berth.v1.AuthenticateResponse
+	40, // [40:49] is the sub-list for method output_type
+	31, // [31:40] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_images_proto_init() }

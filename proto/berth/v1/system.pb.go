@@ -482,7 +482,10 @@ func (x *DiskUsageResponse) GetEntries() []*DiskUsageResponse_Entry {
 }
 
 type GarbageCollectRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// all_ingests also removes unfinished downloads that are still young
+	// enough to resume (prune does; the automatic collections do not).
+	AllIngests    bool `protobuf:"varint,1,opt,name=all_ingests,json=allIngests,proto3" json:"all_ingests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +518,13 @@ func (x *GarbageCollectRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GarbageCollectRequest.ProtoReflect.Descriptor instead.
 func (*GarbageCollectRequest) Descriptor() ([]byte, []int) {
 	return file_berth_v1_system_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GarbageCollectRequest) GetAllIngests() bool {
+	if x != nil {
+		return x.AllIngests
+	}
+	return false
 }
 
 type GarbageCollectResponse struct {
@@ -719,8 +729,10 @@ const file_berth_v1_system_proto_rawDesc = "" +
 	"\x06active\x18\x03 \x01(\x03R\x06active\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12+\n" +
-	"\x11reclaimable_bytes\x18\x05 \x01(\x03R\x10reclaimableBytes\"\x17\n" +
-	"\x15GarbageCollectRequest\"\xb4\x01\n" +
+	"\x11reclaimable_bytes\x18\x05 \x01(\x03R\x10reclaimableBytes\"8\n" +
+	"\x15GarbageCollectRequest\x12\x1f\n" +
+	"\vall_ingests\x18\x01 \x01(\bR\n" +
+	"allIngests\"\xb4\x01\n" +
 	"\x16GarbageCollectResponse\x12#\n" +
 	"\rblobs_removed\x18\x01 \x01(\x03R\fblobsRemoved\x12+\n" +
 	"\x11snapshots_removed\x18\x02 \x01(\x03R\x10snapshotsRemoved\x12'\n" +
