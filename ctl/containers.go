@@ -497,10 +497,3 @@ func newAttachCommand(c *CLI) *cobra.Command {
 	cmd.Flags().BoolVar(&sigProxy, "sig-proxy", true, "proxy all received signals to the process")
 	return cmd
 }
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}

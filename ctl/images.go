@@ -197,8 +197,14 @@ func newPullCommand(c *CLI) *cobra.Command {
 	return cmd
 }
 
-// pull runs a pull with Docker's output; run and create can call it too.
+// pull runs a pull with Docker's output on stdout.
 func (c *CLI) pull(ctx context.Context, ref string, plat *berthv1.Platform, quiet bool) error {
+	return c.pullTo(ctx, c.Out, ref, plat, quiet, true)
+}
+
+// pullTo runs a pull with Docker's output on out; run and create call it
+// with stderr, and without the final name line, as Docker does.
+func (c *CLI) pullTo(ctx context.Context, out io.Writer, ref string, plat *berthv1.Platform, quiet, printName bool) error {
 	cl, err := c.Client()
 	if err != nil {
 		return err
@@ -212,9 +218,9 @@ func (c *CLI) pull(ctx context.Context, ref string, plat *berthv1.Platform, quie
 	if err != nil {
 		return err
 	}
-	view := newProgressView(c.Out)
+	view := newProgressView(out)
 	if !quiet {
-		fmt.Fprintf(c.Out, "%s: Pulling from %s\n", tag, pathOf(ref, familiar))
+		fmt.Fprintf(out, "%s: Pulling from %s\n", tag, pathOf(ref, familiar))
 	}
 	for {
 		resp, err := stream.Recv()
@@ -232,17 +238,19 @@ func (c *CLI) pull(ctx context.Context, ref string, plat *berthv1.Platform, quie
 		case *berthv1.PullResponse_Done:
 			img := u.Done.Image
 			if quiet {
-				fmt.Fprintln(c.Out, img.Name)
+				fmt.Fprintln(out, img.Name)
 				return nil
 			}
-			fmt.Fprintf(c.Out, "Digest: %s\n", img.GetTarget().GetDigest())
+			fmt.Fprintf(out, "Digest: %s\n", img.GetTarget().GetDigest())
 			short := familiarName(img.Name)
 			if u.Done.UpToDate {
-				fmt.Fprintf(c.Out, "Status: Image is up to date for %s\n", short)
+				fmt.Fprintf(out, "Status: Image is up to date for %s\n", short)
 			} else {
-				fmt.Fprintf(c.Out, "Status: Downloaded newer image for %s\n", short)
+				fmt.Fprintf(out, "Status: Downloaded newer image for %s\n", short)
 			}
-			fmt.Fprintln(c.Out, img.Name)
+			if printName {
+				fmt.Fprintln(out, img.Name)
+			}
 			return nil
 		}
 	}

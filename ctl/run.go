@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
+	"github.com/distribution/reference"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
@@ -184,15 +184,16 @@ func (c *CLI) cleanupFailedRun(cl *Client, ctr *berthv1.Container, rm bool) {
 	}
 }
 
-// pullImage pulls ref, printing Docker's progress lines.
+// pullImage pulls ref for run and create, its progress on stderr.
 func (c *CLI) pullImage(ctx context.Context, cl *Client, ref string, platform *berthv1.Platform, quiet bool) error {
-	stream, err := cl.Images.Pull(ctx, &berthv1.PullRequest{Reference: ref, Platform: platform})
+	return c.pullTo(ctx, c.Err, ref, platform, quiet, false)
+}
+
+// familiar is the short form of a reference Docker shows ("busybox:latest").
+func familiar(ref string) string {
+	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
-		return err
+		return ref
 	}
-	out := c.Err
-	if quiet {
-		out = io.Discard
-	}
-	return printPull(out, stream, ref)
+	return reference.FamiliarString(reference.TagNameOnly(named))
 }

@@ -326,18 +326,6 @@ func parseRestart(s string) (*berthv1.RestartPolicy, error) {
 	return p, nil
 }
 
-func parsePlatform(s string) (*berthv1.Platform, error) {
-	parts := strings.Split(s, "/")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
-		return nil, usageError{fmt.Errorf("invalid --platform %q: want os/arch[/variant]", s)}
-	}
-	p := &berthv1.Platform{Os: parts[0], Architecture: parts[1]}
-	if len(parts) == 3 {
-		p.Variant = parts[2]
-	}
-	return p, nil
-}
-
 // parsePublish reads [ip:][hostPort:]containerPort[/proto].
 func parsePublish(s string) (*berthv1.PortMapping, error) {
 	bad := func(why string) error {
