@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# make demo: start a private berthd in a temporary root, show what it is,
-# and stop it again. Nothing outside the temporary directory is touched.
+# make demo: the hello-world journey on a private, temporary Berth.
+#
+# It starts a loopback registry (Debian's docker-registry) holding the
+# hello-world and busybox images, built here from source, and a berthd in a
+# temporary root with that registry configured as the mirror for docker.io.
+# Then `berthctl run hello-world` twice: the first run pulls, the second
+# does not. Everything it started is stopped, and its directory removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
@@ -10,28 +15,49 @@ if [ "$(id -u)" != 0 ]; then
 fi
 tmp=$(mktemp -d /tmp/berth-demo.XXXXXX)
 sock=$tmp/state/berth.sock
-log=$tmp/berthd.log
 cleanup() {
-	if [ -n "${pid:-}" ] && kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid"
-		wait "$pid" 2>/dev/null || true
-	fi
+	for p in ${berthd:-} ${registry:-}; do
+		if kill -0 "$p" 2>/dev/null; then
+			kill -TERM "$p"
+			wait "$p" 2>/dev/null || true
+		fi
+	done
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-"$bin/berthd" --root "$tmp/root" --state "$tmp/state" --address "$sock" >"$log" 2>&1 &
-pid=$!
+go build -o "$tmp/demo-registry" ./integration/cmd/demo-registry
+mkdir -p "$tmp/registry"
+"$tmp/demo-registry" -dir "$tmp/registry" -addr-file "$tmp/registry.addr" >"$tmp/registry.log" 2>&1 &
+registry=$!
+for _ in $(seq 600); do
+	[ -s "$tmp/registry.addr" ] && break
+	kill -0 "$registry" 2>/dev/null || { cat "$tmp/registry.log" >&2; exit 1; }
+	sleep 0.1
+done
+addr=$(cat "$tmp/registry.addr")
+
+cat >"$tmp/config.toml" <<TOML
+# A private berthd whose docker.io is the loopback registry.
+[registry."docker.io"]
+mirrors = ["http://$addr"]
+TOML
+"$bin/berthd" --config "$tmp/config.toml" --root "$tmp/root" --state "$tmp/state" --address "$sock" >"$tmp/berthd.log" 2>&1 &
+berthd=$!
 for _ in $(seq 100); do
 	"$bin/berthctl" -a "$sock" version >/dev/null 2>&1 && break
 	sleep 0.1
 done
+
 run() {
 	echo "\$ berthctl $*"
 	"$bin/berthctl" -a "$sock" "$@"
 	echo
 }
+echo "A private berthd in $tmp, with a loopback registry at $addr standing in for docker.io."
+echo
 run version
-run info
-run namespace ls
-echo "(berthd log: $(wc -l <"$log") lines; stopping it)"
+run run hello-world
+run run hello-world
+run ps -a
+run images

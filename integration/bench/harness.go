@@ -1,22 +1,14 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/berth-dev/berth/integration/fixture"
 )
@@ -290,12 +282,12 @@ func (h *harness) execLatency() ([]Result, error) {
 // 6 layers, nothing of it present beforehand.
 func (h *harness) coldPull() ([]Result, error) {
 	if h.big == "" {
-		scale := 1.0
+		spec := fixture.LargeSpec{} // 6 layers, about 390 MB gzip
 		if h.quick {
-			scale = 0.05
+			spec = fixture.LargeSpec{Layers: 5, SmallFiles: 100, LargeFiles: 1, LargeSize: 1 << 20}
 		}
-		h.log.Info("generating the pull image", "scale", scale)
-		img, size, err := bigImage(scale)
+		h.log.Info("generating the pull image", "quick", h.quick)
+		img, size, err := fixture.GenerateLargeImage(spec)
 		if err != nil {
 			return nil, err
 		}
@@ -357,81 +349,4 @@ func (h *harness) restart() ([]Result, error) {
 	}
 	b, c := h.pair(samples)
 	return []Result{newResult("restart", fmt.Sprintf("agent kill -9 + start, %d running", n), "s", true, "berth: all reconnected < 1 s", b, c)}, nil
-}
-
-// bigImage generates the cold-pull image: six layers mixing many small
-// files with a few large ones, of incompressible bytes so that the
-// compressed size is what the target names (scale 1: about 340 MB).
-func bigImage(scale float64) (v1.Image, int64, error) {
-	type spec struct{ small, smallSize, large, largeSize int }
-	layers := []spec{
-		{4000, 8 << 10, 0, 0},
-		{2000, 16 << 10, 1, 30 << 20},
-		{500, 4 << 10, 1, 64 << 20},
-		{0, 0, 2, 40 << 20},
-		{1000, 4 << 10, 1, 50 << 20},
-		{12000, 4 << 10, 0, 0},
-	}
-	rng := rand.NewChaCha8([32]byte{'b', 'e', 'r', 't', 'h'})
-	img := empty.Image
-	var total int64
-	for li, l := range layers {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		mtime := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-		dirs := map[string]bool{}
-		file := func(name string, size int) error {
-			dir := filepath.Dir(name)
-			if !dirs[dir] {
-				dirs[dir] = true
-				if err := tw.WriteHeader(&tar.Header{Name: dir + "/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mtime}); err != nil {
-					return err
-				}
-			}
-			body := make([]byte, size)
-			rng.Read(body)
-			if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(size), ModTime: mtime}); err != nil {
-				return err
-			}
-			_, err := tw.Write(body)
-			return err
-		}
-		for i := 0; i < int(float64(l.small)*scale); i++ {
-			// Sizes vary around the layer's mean, as real trees do.
-			size := l.smallSize/2 + int(rng.Uint64()%uint64(l.smallSize))
-			if err := file(fmt.Sprintf("layer%d/d%03d/f%05d", li, i/100, i), size); err != nil {
-				return nil, 0, err
-			}
-		}
-		for i := 0; i < l.large; i++ {
-			if err := file(fmt.Sprintf("layer%d/large/blob%d.bin", li, i), int(float64(l.largeSize)*scale)); err != nil {
-				return nil, 0, err
-			}
-		}
-		if err := tw.Close(); err != nil {
-			return nil, 0, err
-		}
-		data := buf.Bytes()
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-		if err != nil {
-			return nil, 0, err
-		}
-		size, err := layer.Size()
-		if err != nil {
-			return nil, 0, err
-		}
-		total += size
-		if img, err = mutate.AppendLayers(img, layer); err != nil {
-			return nil, 0, err
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, 0, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Cmd = []string{"/bin/sh"}
-	img, err = mutate.ConfigFile(img, cf)
-	return img, total, err
 }
