@@ -25,6 +25,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/config"
 	"github.com/berth-dev/berth/agent/events"
+	"github.com/berth-dev/berth/agent/network"
 	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
@@ -49,9 +50,12 @@ type Agent struct {
 	// <root>/snapshots/<driver>.
 	snapshots   snapshotter.Snapshotter
 	snapshotter string
-	server      *grpc.Server
-	health      *health.Server
-	start       time.Time
+	// network gives containers their namespaces, CNI networks and /etc
+	// files; its state is under <state>/net.
+	network *network.Manager
+	server  *grpc.Server
+	health  *health.Server
+	start   time.Time
 
 	listeners []net.Listener
 	closeOnce sync.Once
@@ -100,7 +104,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 		lock.Close()
 		return nil, err
 	}
+	nm, err := openNetwork(cfg, db, log)
+	if err != nil {
+		sn.Close()
+		cs.Close()
+		db.Close()
+		lock.Close()
+		return nil, err
+	}
 	a := &Agent{
+		network:     nm,
 		content:     cs,
 		snapshots:   sn,
 		snapshotter: driver,
@@ -281,6 +294,9 @@ func openSnapshotter(cfg *config.Config, log *slog.Logger) (snapshotter.Snapshot
 }
 
 func (a *Agent) closeStores() {
+	if err := a.network.Close(); err != nil {
+		a.log.Error("close network manager", "error", err)
+	}
 	if err := a.snapshots.Close(); err != nil {
 		a.log.Error("close snapshotter", "error", err)
 	}

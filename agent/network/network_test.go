@@ -185,9 +185,9 @@ func TestBridgePublishedPortsAnswerOnLocalhost(t *testing.T) {
 	serveHTTP(t, a.NetnsPath, 80, "hello from 80")
 	serveHTTP(t, a.NetnsPath, 81, "hello from 81")
 	for url, want := range map[string]string{
-		"http://127.0.0.1:18080/": "hello from 80",
+		"http://127.0.0.1:18080/":                                "hello from 80",
 		fmt.Sprintf("http://127.0.0.1:%d/", a.Ports[1].HostPort): "hello from 81",
-		"http://127.0.0.1:18082/": "hello from 80",
+		"http://127.0.0.1:18082/":                                "hello from 80",
 	} {
 		got, err := httpGet(url)
 		if err != nil || got != want {
