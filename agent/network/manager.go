@@ -493,11 +493,7 @@ func (m *Manager) teardown(ctx context.Context, k key) error {
 	r := m.records[k]
 	m.mu.Unlock()
 	if r != nil && r.Network != "" {
-		list, err := libcni.NetworkConfFromBytes(r.ConfList)
-		if err == nil {
-			err = m.cni.DelNetworkList(ctx, list, m.runtimeConf(r))
-		}
-		if err != nil {
+		if err := m.delCNI(ctx, r); err != nil {
 			// Keep the record: a later Detach or Recover retries.
 			return fmt.Errorf("container %s: leave network %q: %w", k.id, r.Network, err)
 		}
@@ -523,6 +519,38 @@ func (m *Manager) teardown(ctx context.Context, k key) error {
 		m.updatePeers(r.Network, k)
 	}
 	return nil
+}
+
+// delCNI runs CNI DEL for an attachment with the config list ADD used.
+// libcni stops a list's DEL at the first failing plugin, which would leave
+// the later ones (the bridge plugin's IP allocation, behind a failing
+// portmap) never asked; so on failure every plugin is asked on its own, in
+// reverse order. A plugin whose binary cannot be found is taken to hold
+// nothing: that happens when ADD failed for the same reason, and no later
+// retry could do better.
+func (m *Manager) delCNI(ctx context.Context, r *record) error {
+	list, err := libcni.NetworkConfFromBytes(r.ConfList)
+	if err != nil {
+		return err
+	}
+	rt := m.runtimeConf(r)
+	if err := m.cni.DelNetworkList(ctx, list, rt); err == nil {
+		return nil
+	}
+	var errs []error
+	for i := len(list.Plugins) - 1; i >= 0; i-- {
+		one := *list
+		one.Plugins = list.Plugins[i : i+1]
+		err := m.cni.DelNetworkList(ctx, &one, rt)
+		if err != nil && strings.Contains(err.Error(), "failed to find plugin") {
+			m.log.Warn("CNI plugin not found for DEL; assuming it holds nothing", "container", r.ID, "plugin", list.Plugins[i].Network.Type, "error", err)
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Recover tears down every attachment whose container live reports gone,

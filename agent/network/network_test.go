@@ -560,3 +560,82 @@ func BenchmarkAttachDetach(b *testing.B) {
 		})
 	}
 }
+
+func TestFailedAttachLeavesNothing(t *testing.T) {
+	e := newTestEnv(t, "10.201.7.0/24")
+	before := snapshot(t, e)
+	// A CNI bin dir without the plugins makes CNI ADD fail after the
+	// namespace, the port reservation and the record exist.
+	e.m.Close()
+	e.cfg.BinDirs = []string{t.TempDir()}
+	e.m = e.newManager(t)
+	_, err := e.m.Attach(context.Background(), AttachRequest{Namespace: "default", ContainerID: "doomed",
+		Config: &berthv1.NetworkConfig{Ports: []*berthv1.PortMapping{{HostPort: 18095, ContainerPort: 80}}}})
+	if err == nil || !strings.Contains(err.Error(), "doomed") || !strings.Contains(err.Error(), "bridge") {
+		t.Fatalf("attach without plugins: %v; want an error naming the container and the plugin", err)
+	}
+	after := snapshot(t, e)
+	// The failed attempt may have installed the network's shared
+	// masquerade rule; it is not per container.
+	before.iptables, after.iptables = "", ""
+	compareSnapshots(t, "after a failed attach", before, after)
+	for _, d := range []string{e.m.netnsDir(), e.m.recordsDir(), e.m.filesDir()} {
+		if entries, _ := os.ReadDir(d); len(entries) != 0 {
+			t.Errorf("%s not empty after a failed attach", d)
+		}
+	}
+	l, err := net.Listen("tcp", ":18095")
+	if err != nil {
+		t.Fatalf("port reservation leaked: %v", err)
+	}
+	l.Close()
+}
+
+func TestConcurrentPeersAllSeeEachOther(t *testing.T) {
+	e := newTestEnv(t, "10.201.8.0/24")
+	ctx := context.Background()
+	name := "tconc-" + randHex(3)
+	if _, err := e.m.CreateNetwork(ctx, CreateRequest{Name: name, Subnet: "10.201.9.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	atts := make([]*Attachment, n)
+	errc := make(chan error, n)
+	for i := range n {
+		go func() {
+			var err error
+			atts[i], err = e.m.Attach(ctx, AttachRequest{Namespace: "default", ContainerID: fmt.Sprintf("c%d", i), Name: fmt.Sprintf("peer%d", i),
+				Config: &berthv1.NetworkConfig{Mode: name}})
+			errc <- err
+		}()
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ips := map[string]bool{}
+	for i, a := range atts {
+		ip := strings.Split(a.Networks[0].Addresses[0], "/")[0]
+		ips[ip] = true
+		for j := range n {
+			if got := lookupHosts(t, atts[j].HostsPath, fmt.Sprintf("peer%d", i)); got != ip {
+				t.Errorf("peer%d's /etc/hosts has peer%d at %q; want %s", j, i, got, ip)
+			}
+		}
+	}
+	if len(ips) != n {
+		t.Errorf("addresses not unique: %v", ips)
+	}
+	for i := range n {
+		go func() { errc <- e.m.Detach(ctx, "default", fmt.Sprintf("c%d", i)) }()
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g, _ := e.m.GetNetwork(ctx, name); len(g.Containers) != 0 {
+		t.Errorf("members after all detached: %v", g.Containers)
+	}
+}
