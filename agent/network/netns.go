@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,4 +110,37 @@ func InNetns(path string, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// deleteBridge removes a network's Linux bridge (taken down first, as the
+// kernel requires). A bridge that does not exist is success: a network
+// that no container ever joined has none.
+func deleteBridge(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return nil
+		}
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() &^ unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("take bridge %s down: %w", name, err)
+	}
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return err
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCBRDELBR, uintptr(unsafe.Pointer(p))); errno != 0 && errno != unix.ENXIO {
+		return fmt.Errorf("delete bridge %s: %w", name, errno)
+	}
+	return nil
 }

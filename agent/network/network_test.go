@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berth-dev/berth/errdefs"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
@@ -99,17 +101,32 @@ func (e *testEnv) cleanup(t testing.TB) {
 		}
 		e.m.Close()
 	}
-	nets, _ := os.ReadDir(e.cfg.ConfDir)
-	for _, n := range nets {
-		b, _ := os.ReadFile(filepath.Join(e.cfg.ConfDir, n.Name()))
-		if m := regexp.MustCompile(`"bridge": "([^"]+)"`).FindSubmatch(b); m != nil {
-			e.bridges = append(e.bridges, string(m[1]))
+	// Networks left by the test: their masquerade rules and bridges.
+	if e.m != nil {
+		nets, _ := e.m.loadNetworks()
+		for _, n := range nets {
+			e.m.removeMasq(context.Background(), n)
+			e.bridges = append(e.bridges, n.Info.Bridge)
 		}
 	}
 	for _, br := range e.bridges {
-		exec.Command("ip", "link", "del", br).Run()
+		if err := deleteBridge(br); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	}
-	// Namespaces are unmounted by Recover; never RemoveAll over a mount.
+	if rules, err := exec.Command("iptables-save", "-t", "nat").Output(); err == nil {
+		for _, br := range e.bridges {
+			if strings.Contains(string(rules), br) {
+				t.Errorf("cleanup: iptables rules for bridge %s remain", br)
+			}
+		}
+	}
+	// Recover unmounted the namespaces; if it failed, force it, and never
+	// RemoveAll over a mount.
+	for _, mnt := range strings.Fields(mountsUnder(t, e.dir)) {
+		t.Errorf("cleanup: %s was still mounted", mnt)
+		unix.Unmount(mnt, unix.MNT_DETACH)
+	}
 	if mountsUnder(t, e.dir) == "" {
 		os.RemoveAll(e.dir)
 	}
@@ -323,8 +340,17 @@ func TestUserNetworkPeersReachEachOtherByName(t *testing.T) {
 	if err := e.m.Detach(ctx, "default", "web-id"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := net.InterfaceByName(n.Bridge); err != nil {
+		t.Fatalf("bridge %s of a used network: %v", n.Bridge, err)
+	}
 	if err := e.m.RemoveNetwork(ctx, name); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := net.InterfaceByName(n.Bridge); err == nil {
+		t.Errorf("bridge %s still exists after network rm", n.Bridge)
+	}
+	if rules, _ := exec.Command("iptables-save", "-t", "nat").Output(); strings.Contains(string(rules), n.Bridge) {
+		t.Errorf("masquerade rule of %s remains after network rm", n.Bridge)
 	}
 	if err := e.m.RemoveNetwork(ctx, DefaultNetwork); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("removing the default network: %v", err)

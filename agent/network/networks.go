@@ -399,6 +399,9 @@ func (m *Manager) RemoveNetwork(ctx context.Context, name string) error {
 	}
 	if n != nil {
 		m.removeMasq(ctx, n)
+		if err := deleteBridge(n.Info.Bridge); err != nil {
+			m.log.Warn("cannot delete a removed network's bridge", "network", name, "bridge", n.Info.Bridge, "error", err)
+		}
 	}
 	// host-local keeps its allocations per network name; a later network
 	// of the same name must start empty.
