@@ -267,6 +267,9 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 			r.Hostname = k.id[:min(12, len(k.id))]
 		}
 	}
+	if !validHostname(r.Hostname) {
+		return nil, fmt.Errorf("hostname %q: use letters, digits, '-' and '.' (at most 253 characters): %w", r.Hostname, errdefs.ErrInvalidArgument)
+	}
 	for _, a := range cfg.Aliases {
 		if err := identifiers.Validate("network alias", a); err != nil {
 			return nil, err
@@ -758,6 +761,25 @@ func (m *Manager) updatePeers(network string, except key) {
 			m.log.Warn("cannot update a peer's /etc/hosts", "namespace", k.ns, "container", k.id, "error", err)
 		}
 	}
+}
+
+// validHostname accepts RFC 1123 host names, which are also safe to write
+// into /etc/hosts and /etc/hostname.
+func validHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (m *Manager) resolvFor(mode string, cfg *berthv1.NetworkConfig) (string, error) {

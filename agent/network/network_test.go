@@ -429,6 +429,9 @@ func TestNoneHasOnlyLoopbackAndHostAttachesNothing(t *testing.T) {
 	if _, err := e.m.Attach(context.Background(), AttachRequest{Namespace: "default", ContainerID: "../evil"}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("bad id: %v", err)
 	}
+	if _, err := e.m.Attach(context.Background(), AttachRequest{Namespace: "default", ContainerID: "bad", Hostname: "evil\n1.2.3.4 bank"}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("hostname with a newline: %v", err)
+	}
 	for _, id := range []string{"quiet", "hosty"} {
 		if err := e.m.Detach(context.Background(), "default", id); err != nil {
 			t.Fatal(err)
