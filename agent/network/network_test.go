@@ -174,6 +174,28 @@ func serveHTTP(t *testing.T, netns string, port int, body string) {
 	t.Cleanup(func() { srv.Close(); <-done })
 }
 
+// waitListening waits until something in the namespace accepts on addr.
+func waitListening(t *testing.T, netns, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := InNetns(netns, func() error {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s in %s: %v", addr, netns, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func httpGet(url string) (string, error) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -199,7 +221,16 @@ func TestBridgePublishedPortsAnswerOnLocalhost(t *testing.T) {
 	if len(a.Ports) != 3 || a.Ports[1].HostPort == 0 || a.Ports[1].Protocol != "tcp" {
 		t.Fatalf("ports %v: want three, the second with a chosen host port", a.Ports)
 	}
-	serveHTTP(t, a.NetnsPath, 80, "hello from 80")
+	// Port 80 is a separate process in the namespace, as a container's
+	// server would be: busybox httpd entered with nsenter.
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "index.html"), []byte("hello from 80"), 0o644)
+	httpd := exec.Command("nsenter", "--net="+a.NetnsPath, "busybox", "httpd", "-f", "-p", "80", "-h", www)
+	if err := httpd.Start(); err != nil {
+		t.Fatalf("busybox httpd in the container's namespace (apt-get install busybox-static): %v", err)
+	}
+	t.Cleanup(func() { httpd.Process.Kill(); httpd.Wait() })
+	waitListening(t, a.NetnsPath, "127.0.0.1:80")
 	serveHTTP(t, a.NetnsPath, 81, "hello from 81")
 	for url, want := range map[string]string{
 		"http://127.0.0.1:18080/":                                "hello from 80",
@@ -210,6 +241,10 @@ func TestBridgePublishedPortsAnswerOnLocalhost(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("GET %s = %q, %v; want %q", url, got, err, want)
 		}
+	}
+	// What a user would type.
+	if out, err := exec.Command("busybox", "wget", "-q", "-T", "5", "-O-", "http://127.0.0.1:18080/").CombinedOutput(); err != nil || string(out) != "hello from 80" {
+		t.Errorf("busybox wget http://127.0.0.1:18080/: %q, %v", out, err)
 	}
 	// The container's own address answers from the host too.
 	ip := strings.Split(a.Networks[0].Addresses[0], "/")[0]
