@@ -139,9 +139,9 @@ type Manager struct {
 	mu           sync.Mutex
 	records      map[key]*record
 	reservations map[key][]*reservation
-	// masqDone maps network names to the ID whose masquerade rule this
+	// rulesDone maps network names to the ID whose iptables rules this
 	// process installed or found.
-	masqDone map[string]string
+	rulesDone map[string]string
 }
 
 // New opens the manager's state, writes the default network on first
@@ -174,7 +174,7 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 		log:          log,
 		records:      map[key]*record{},
 		reservations: map[key][]*reservation{},
-		masqDone:     map[string]string{},
+		rulesDone:    map[string]string{},
 	}
 	for _, d := range []string{cfg.ConfDir, cfg.StateDir, m.netnsDir(), m.recordsDir(), m.filesDir(), m.ipamDir(), m.cacheDir()} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
@@ -308,7 +308,7 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 			m.mu.Unlock()
 			return nil, fmt.Errorf("container %s: %w", k.id, err)
 		}
-		if err := m.ensureMasq(ctx, n); err != nil {
+		if err := m.ensureRules(ctx, n); err != nil {
 			m.mu.Unlock()
 			return nil, err
 		}

@@ -101,11 +101,11 @@ func (e *testEnv) cleanup(t testing.TB) {
 		}
 		e.m.Close()
 	}
-	// Networks left by the test: their masquerade rules and bridges.
+	// Networks left by the test: their iptables rules and bridges.
 	if e.m != nil {
 		nets, _ := e.m.loadNetworks()
 		for _, n := range nets {
-			e.m.removeMasq(context.Background(), n)
+			e.m.removeRules(context.Background(), n)
 			e.bridges = append(e.bridges, n.Info.Bridge)
 		}
 	}
@@ -114,7 +114,7 @@ func (e *testEnv) cleanup(t testing.TB) {
 			t.Errorf("cleanup: %v", err)
 		}
 	}
-	if rules, err := exec.Command("iptables-save", "-t", "nat").Output(); err == nil {
+	if rules, err := exec.Command("iptables-save").Output(); err == nil {
 		for _, br := range e.bridges {
 			if strings.Contains(string(rules), br) {
 				t.Errorf("cleanup: iptables rules for bridge %s remain", br)
@@ -387,8 +387,8 @@ func TestUserNetworkPeersReachEachOtherByName(t *testing.T) {
 	if _, err := net.InterfaceByName(n.Bridge); err == nil {
 		t.Errorf("bridge %s still exists after network rm", n.Bridge)
 	}
-	if rules, _ := exec.Command("iptables-save", "-t", "nat").Output(); strings.Contains(string(rules), n.Bridge) {
-		t.Errorf("masquerade rule of %s remains after network rm", n.Bridge)
+	if rules, _ := exec.Command("iptables-save").Output(); strings.Contains(string(rules), n.Bridge) {
+		t.Errorf("iptables rules of %s remain after network rm", n.Bridge)
 	}
 	if err := e.m.RemoveNetwork(ctx, DefaultNetwork); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("removing the default network: %v", err)
@@ -643,7 +643,7 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 	}
 	after := snapshot(t, e)
 	// The failed attempt may have installed the network's shared
-	// masquerade rule; it is not per container.
+	// iptables rules; they are not per container.
 	before.iptables, after.iptables = "", ""
 	compareSnapshots(t, "after a failed attach", before, after)
 	for _, d := range []string{e.m.netnsDir(), e.m.recordsDir(), e.m.filesDir()} {

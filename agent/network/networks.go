@@ -85,7 +85,7 @@ func (m *Manager) buildConflist(name string, info netInfo) ([]byte, error) {
 		"type":        "bridge",
 		"bridge":      info.Bridge,
 		"isGateway":   true,
-		"ipMasq":      false, // one rule per network instead: see masq.go
+		"ipMasq":      false, // one rule per network instead: see rules.go
 		"hairpinMode": true,
 		"ipam":        ipam,
 	}
@@ -398,7 +398,7 @@ func (m *Manager) RemoveNetwork(ctx context.Context, name string) error {
 		return fmt.Errorf("remove network %q: %w", name, err)
 	}
 	if n != nil {
-		m.removeMasq(ctx, n)
+		m.removeRules(ctx, n)
 		if err := deleteBridge(n.Info.Bridge); err != nil {
 			m.log.Warn("cannot delete a removed network's bridge", "network", name, "bridge", n.Info.Bridge, "error", err)
 		}
