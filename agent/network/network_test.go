@@ -53,6 +53,8 @@ type testEnv struct {
 	cfg     Config
 	m       *Manager
 	bridges []string
+	// ids are the container IDs the test attached, for snapshot.
+	ids map[string]bool
 }
 
 // newTestEnv builds a Manager in a private directory, with a default
@@ -66,7 +68,7 @@ func newTestEnv(t testing.TB, subnet string) *testEnv {
 	}
 	resolv := filepath.Join(dir, "host-resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 127.0.0.53\nsearch example.test\noptions edns0\n"), 0o644)
-	e := &testEnv{dir: dir}
+	e := &testEnv{dir: dir, ids: map[string]bool{}}
 	e.cfg = Config{
 		ConfDir:        filepath.Join(dir, "conf"),
 		BinDirs:        []string{"/usr/lib/cni", "/opt/cni/bin"},
@@ -148,6 +150,7 @@ func mountsUnder(t testing.TB, dir string) string {
 
 func (e *testEnv) attach(t testing.TB, id, name string, cfg *berthv1.NetworkConfig) *Attachment {
 	t.Helper()
+	e.ids[id] = true
 	a, err := e.m.Attach(context.Background(), AttachRequest{Namespace: "default", ContainerID: id, Name: name, Config: cfg})
 	if err != nil {
 		t.Fatalf("attach %s: %v", id, err)
@@ -488,10 +491,14 @@ type hostSnapshot struct {
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
+// snapshot records what belongs to this test: the ports of its bridge,
+// iptables lines naming its bridge, its subnet or one of its containers'
+// CNI IDs (so other suites changing iptables at the same time do not
+// disturb it), its mounts and its host-local allocations.
 func snapshot(t *testing.T, e *testEnv) hostSnapshot {
 	t.Helper()
-	links, err := exec.Command("ip", "-o", "link", "show").Output()
-	if err != nil {
+	links, err := exec.Command("ip", "-o", "link", "show", "master", e.cfg.DefaultBridge).Output()
+	if err != nil && !strings.Contains(err.Error(), "exit status") {
 		t.Fatal(err)
 	}
 	var ls []string
@@ -505,12 +512,19 @@ func snapshot(t *testing.T, e *testEnv) hostSnapshot {
 	if err != nil {
 		t.Fatal(err)
 	}
+	subnet := e.cfg.DefaultSubnet[:strings.LastIndex(e.cfg.DefaultSubnet, ".")+1] // "10.201.6."
 	var rules []string
 	for _, l := range strings.Split(string(ipt), "\n") {
 		if strings.HasPrefix(l, "#") {
 			continue
 		}
-		rules = append(rules, counters.ReplaceAllString(l, ""))
+		mine := strings.Contains(l, e.cfg.DefaultBridge) || strings.Contains(l, subnet)
+		for id := range e.ids {
+			mine = mine || strings.Contains(l, cniID(key{"default", id}))
+		}
+		if mine {
+			rules = append(rules, counters.ReplaceAllString(l, ""))
+		}
 	}
 	return hostSnapshot{links: strings.Join(ls, " "), iptables: strings.Join(rules, "\n"), mounts: mountsUnder(t, e.dir), ipam: ipamAllocations(t, e)}
 }
@@ -574,14 +588,15 @@ func TestNoLeaksAfterCyclesAndCrash(t *testing.T) {
 	}
 	e.attach(t, "crashnone", "", &berthv1.NetworkConfig{Mode: "none"})
 	// Also a crash between the record and CNI ADD.
+	e.ids["halfway"] = true
 	e.m.mu.Lock()
 	r := &record{Namespace: "default", ID: "halfway", Mode: "bridge", Network: DefaultNetwork,
 		ConfList: e.m.records[key{"default", "crash0"}].ConfList, CNIID: cniID(key{"default", "halfway"}), IfName: "eth0",
 		NetnsPath: e.m.netnsPath(key{"default", "halfway"})}
 	e.m.saveRecord(r)
 	e.m.mu.Unlock()
-	if during := snapshot(t, e); during.links == before.links || len(during.ipam) != 3 {
-		t.Fatalf("the crash setup did not create anything: links %s, ipam %v", during.links, during.ipam)
+	if during := snapshot(t, e); during.links == before.links || len(during.ipam) != 3 || during.iptables == before.iptables {
+		t.Fatalf("the crash setup did not create anything the snapshot sees: links %s, ipam %v, iptables\n%s", during.links, during.ipam, during.iptables)
 	}
 	e.m.Close() // release port reservations, as process exit would
 	e.m = e.newManager(t)
@@ -630,6 +645,7 @@ func BenchmarkAttachDetach(b *testing.B) {
 
 func TestFailedAttachLeavesNothing(t *testing.T) {
 	e := newTestEnv(t, "10.201.7.0/24")
+	e.ids["doomed"] = true
 	before := snapshot(t, e)
 	// A CNI bin dir without the plugins makes CNI ADD fail after the
 	// namespace, the port reservation and the record exist.
