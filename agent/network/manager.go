@@ -369,6 +369,10 @@ func (m *Manager) attach(ctx context.Context, k key, r *record, resolv string) (
 		}
 		res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(r))
 		if err != nil {
+			if strings.Contains(err.Error(), "failed to find plugin") {
+				return nil, fmt.Errorf("container %s: join network %q: %w (install containernetworking-plugins or set [network] bin_dirs): %w",
+					k.id, r.Network, err, errdefs.ErrFailedPrecondition)
+			}
 			return nil, fmt.Errorf("container %s: join network %q: %w", k.id, r.Network, err)
 		}
 		cur, err := types100.NewResultFromResult(res)

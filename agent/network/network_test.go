@@ -654,7 +654,7 @@ func TestFailedAttachLeavesNothing(t *testing.T) {
 	e.m = e.newManager(t)
 	_, err := e.m.Attach(context.Background(), AttachRequest{Namespace: "default", ContainerID: "doomed",
 		Config: &berthv1.NetworkConfig{Ports: []*berthv1.PortMapping{{HostPort: 18095, ContainerPort: 80}}}})
-	if err == nil || !strings.Contains(err.Error(), "doomed") || !strings.Contains(err.Error(), "bridge") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "doomed") || !strings.Contains(err.Error(), "bridge") || !strings.Contains(err.Error(), "bin_dirs") {
 		t.Fatalf("attach without plugins: %v; want an error naming the container and the plugin", err)
 	}
 	after := snapshot(t, e)
