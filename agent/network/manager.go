@@ -237,8 +237,13 @@ func cniID(k key) string {
 	return "berth-" + hex.EncodeToString(h[:16])
 }
 
-// Attach creates the container's network namespace, runs CNI ADD and
-// writes its /etc files. On any error everything it made is torn down.
+// Attach gives a container its network: it writes the attachment record,
+// reserves the published host ports, creates and pins the network
+// namespace (none and networks), runs CNI ADD (networks) and writes the
+// /etc files, updating the hosts files of its peers on a user-defined
+// network. Call it before the shim creates the container's init, and pass
+// the result on as the package documentation says. On any error
+// everything it made is torn down before it returns.
 func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, error) {
 	if err := identifiers.Validate("namespace", req.Namespace); err != nil {
 		return nil, err

@@ -722,3 +722,34 @@ func TestConcurrentPeersAllSeeEachOther(t *testing.T) {
 		t.Errorf("members after all detached: %v", g.Containers)
 	}
 }
+
+func TestInternalNetworkHasNoWayOut(t *testing.T) {
+	e := newTestEnv(t, "10.201.10.0/24")
+	ctx := context.Background()
+	name := "tint-" + randHex(3)
+	n, err := e.m.CreateNetwork(ctx, CreateRequest{Name: name, Subnet: "10.201.11.0/24", Internal: true})
+	if err != nil || !n.Internal {
+		t.Fatalf("create internal: %v %v", n, err)
+	}
+	a := e.attach(t, "inside", "inside", &berthv1.NetworkConfig{Mode: name})
+	routes := map[string]bool{}
+	err = InNetns(a.NetnsPath, func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/route")
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(l); len(f) > 1 {
+				routes[f[1]] = true
+			}
+		}
+		return err
+	})
+	if err != nil || routes["00000000"] || len(routes) != 1 {
+		t.Fatalf("routes in an internal network's container: %v, %v; want only the subnet", routes, err)
+	}
+	rules, _ := exec.Command("iptables-save").Output()
+	if strings.Contains(string(rules), "-s 10.201.11.0/24") || !strings.Contains(string(rules), "-i "+n.Bridge+" -o "+n.Bridge) {
+		t.Errorf("an internal network must not be masqueraded nor forwarded out, only within its bridge:\n%s", rules)
+	}
+	if err := e.m.Detach(ctx, "default", "inside"); err != nil {
+		t.Fatal(err)
+	}
+}
