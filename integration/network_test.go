@@ -1,12 +1,20 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/berth-dev/berth/agent/network"
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
 // networkConfig keeps a test berthd off the real berth0 and 10.88.0.0/16.
@@ -97,4 +105,122 @@ func TestCtlNetworkCreateLsInspectRm(t *testing.T) {
 	if q := d.mustCtl("network", "ls", "--format", "{{.Name}}"); q != "bridge\n" {
 		t.Fatalf("ls after rm: %q", q)
 	}
+}
+
+// TestBerthdStartReleasesNetworksOfGoneContainers is a berthd killed after a
+// container's record was deleted but before its network was detached: the
+// next berthd start must release the namespace, the IP, the veth, the
+// iptables rules and the port.
+func TestBerthdStartReleasesNetworksOfGoneContainers(t *testing.T) {
+	const bridge, subnet = "bit1", "10.202.2.0/24"
+	d := startDaemon(t, withConfig("[network]\nbridge = \""+bridge+"\"\ndefault_subnet = \""+subnet+"\"\n"))
+	t.Cleanup(func() { removeBridgeAndRules(t, bridge) })
+	d.kill()
+
+	// Attach a container the way berthd would, on the daemon's own dirs.
+	m, err := network.New(network.Config{
+		ConfDir: filepath.Join(d.root, "net", "conf"), StateDir: filepath.Join(d.state, "net"),
+		BinDirs: []string{"/usr/lib/cni", "/opt/cni/bin"}, DefaultBridge: bridge, DefaultSubnet: subnet,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := m.Attach(context.Background(), network.AttachRequest{Namespace: "default", ContainerID: "ghost",
+		Config: &berthv1.NetworkConfig{Ports: []*berthv1.PortMapping{{HostPort: 18300, ContainerPort: 80}}}})
+	if err != nil {
+		m.Recover(context.Background(), func(string, string) bool { return false })
+		t.Fatal(err)
+	}
+	ip := strings.Split(a.Networks[0].Addresses[0], "/")[0]
+	m.Close() // the crash: no Detach
+
+	if !strings.Contains(iptablesSave(t), ip) || len(bridgePorts(t, bridge)) != 1 {
+		t.Fatalf("the attachment did not create rules for %s and a veth on %s", ip, bridge)
+	}
+	d.start()
+	if rules := iptablesSave(t); strings.Contains(rules, ip) {
+		t.Errorf("iptables rules for %s survive berthd's start:\n%s", ip, rules)
+	}
+	if p := bridgePorts(t, bridge); len(p) != 0 {
+		t.Errorf("veths left on %s: %v", bridge, p)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), d.state) {
+		t.Errorf("a pinned namespace under %s survives berthd's start", d.state)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(d.state, "net", "ipam", "bridge")); len(entries) > 0 {
+		for _, e := range entries {
+			if e.Name() == ip {
+				t.Errorf("IP %s still allocated", ip)
+			}
+		}
+	}
+	l, err := net.Listen("tcp", ":18300")
+	if err != nil {
+		t.Errorf("port 18300 still reserved: %v", err)
+	} else {
+		l.Close()
+	}
+}
+
+func iptablesSave(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("iptables-save").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+func bridgePorts(t *testing.T, bridge string) []string {
+	out, _ := exec.Command("ip", "-o", "link", "show", "master", bridge).Output()
+	var names []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			names = append(names, strings.TrimSuffix(f[1], ":"))
+		}
+	}
+	return names
+}
+
+// removeBridgeAndRules deletes a test's bridge and every iptables rule
+// naming it (the default network's rules stay in a real berthd).
+func removeBridgeAndRules(t *testing.T, bridge string) {
+	table := ""
+	for _, l := range strings.Split(iptablesSave(t), "\n") {
+		if strings.HasPrefix(l, "*") {
+			table = l[1:]
+		}
+		if strings.HasPrefix(l, "-A ") && strings.Contains(l, " "+bridge+" ") {
+			args := append([]string{"-w", "5", "-t", table, "-D"}, splitRule(l[3:])...)
+			if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+				t.Errorf("cleanup: iptables %v: %v %s", args, err, out)
+			}
+		}
+	}
+	exec.Command("ip", "link", "del", bridge).Run()
+}
+
+// splitRule splits an iptables-save rule into arguments, keeping quoted
+// comments whole.
+func splitRule(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted := false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			quoted = !quoted
+		case r == ' ' && !quoted:
+			if cur.Len() > 0 {
+				out = append(out, cur.String())
+				cur.Reset()
+			}
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	if cur.Len() > 0 {
+		out = append(out, cur.String())
+	}
+	return out
 }
