@@ -299,6 +299,15 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 	}
 
 	m.mu.Lock()
+	if old, ok := m.records[k]; ok && !old.Done {
+		// A crashed earlier attempt (Attach is serialised per container):
+		// release it and start over.
+		m.mu.Unlock()
+		if err := m.teardown(ctx, k); err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+	}
 	if _, ok := m.records[k]; ok {
 		m.mu.Unlock()
 		return nil, fmt.Errorf("container %s in namespace %s already has a network attachment: detach it first: %w", k.id, k.ns, errdefs.ErrAlreadyExists)
@@ -566,14 +575,16 @@ func (m *Manager) delCNI(ctx context.Context, r *record) error {
 }
 
 // Recover tears down every attachment whose container live reports gone,
-// then sweeps what no record accounts for: pinned namespaces, generated
+// and every attach that never finished, then sweeps what no record accounts for: pinned namespaces, generated
 // files and host-local IP allocations. Call it once after New, before
 // serving, with live answering from the runtime's view of its tasks.
 func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) error {
 	m.mu.Lock()
 	var dead []key
-	for k := range m.records {
-		if !live(k.ns, k.id) {
+	for k, r := range m.records {
+		// An attach that never finished was never handed to a runtime, so
+		// no container uses it, live or not.
+		if !r.Done || !live(k.ns, k.id) {
 			dead = append(dead, k)
 		}
 	}

@@ -600,13 +600,30 @@ func TestNoLeaksAfterCyclesAndCrash(t *testing.T) {
 	}
 	e.m.Close() // release port reservations, as process exit would
 	e.m = e.newManager(t)
-	// live keeps one container, which must survive recovery intact.
+	// A second crashed attach of a container that still exists: Attach
+	// itself starts over.
+	e.m.mu.Lock()
+	r2 := *e.m.records[key{"default", "halfway"}]
+	r2.ID, r2.CNIID, r2.NetnsPath = "again", cniID(key{"default", "again"}), e.m.netnsPath(key{"default", "again"})
+	e.ids["again"] = true
+	e.m.saveRecord(&r2)
+	e.m.records[key{"default", "again"}] = &r2
+	e.m.mu.Unlock()
+	e.attach(t, "again", "", nil)
+	if err := e.m.Detach(ctx, "default", "again"); err != nil {
+		t.Fatal(err)
+	}
+	// live keeps one container, which must survive recovery intact; the
+	// unfinished attach of "halfway" goes although live says yes to it.
 	e.attach(t, "survivor", "", nil)
-	if err := e.m.Recover(ctx, func(ns, id string) bool { return id == "survivor" }); err != nil {
+	if err := e.m.Recover(ctx, func(ns, id string) bool { return id == "survivor" || id == "halfway" }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.m.Get("default", "survivor"); err != nil {
 		t.Fatalf("recover removed a live container's network: %v", err)
+	}
+	if _, err := os.Stat(e.m.recordPath(key{"default", "halfway"})); err == nil {
+		t.Error("Recover kept the record of an attach that never finished")
 	}
 	if err := e.m.Detach(ctx, "default", "survivor"); err != nil {
 		t.Fatal(err)
