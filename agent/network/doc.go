@@ -39,7 +39,8 @@
 // removing the files succeeded. So whatever berthd or a shim died in the
 // middle of, the records name every namespace, allocation, veth and
 // iptables rule that may exist, and Recover releases those of containers
-// that are gone with the exact configuration ADD used. Recover also sweeps
+// that are gone, and of attaches that never finished, with the exact
+// configuration ADD used. Recover also sweeps
 // pinned namespaces, files and host-local allocations no record names.
 //
 // # On disk
