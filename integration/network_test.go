@@ -118,17 +118,28 @@ func TestBerthdStartReleasesNetworksOfGoneContainers(t *testing.T) {
 	d.kill()
 
 	// Attach a container the way berthd would, on the daemon's own dirs.
-	m, err := network.New(network.Config{
+	cfg := network.Config{
 		ConfDir: filepath.Join(d.root, "net", "conf"), StateDir: filepath.Join(d.state, "net"),
 		BinDirs: []string{"/usr/lib/cni", "/opt/cni/bin"}, DefaultBridge: bridge, DefaultSubnet: subnet,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m, err := network.New(cfg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Should the test fail before berthd recovers, release it here (this
+	// runs before the harness stops berthd and removes its dirs).
+	t.Cleanup(func() {
+		if m, err := network.New(cfg, quiet); err == nil {
+			if err := m.Recover(context.Background(), func(string, string) bool { return false }); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+			m.Close()
+		}
+	})
 	a, err := m.Attach(context.Background(), network.AttachRequest{Namespace: "default", ContainerID: "ghost",
 		Config: &berthv1.NetworkConfig{Ports: []*berthv1.PortMapping{{HostPort: 18300, ContainerPort: 80}}}})
 	if err != nil {
-		m.Recover(context.Background(), func(string, string) bool { return false })
 		t.Fatal(err)
 	}
 	ip := strings.Split(a.Networks[0].Addresses[0], "/")[0]
