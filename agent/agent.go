@@ -26,6 +26,7 @@ import (
 	"github.com/berth-dev/berth/agent/config"
 	"github.com/berth-dev/berth/agent/events"
 	"github.com/berth-dev/berth/agent/images"
+	"github.com/berth-dev/berth/agent/network"
 	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
@@ -52,9 +53,12 @@ type Agent struct {
 	snapshotter string
 	// images pulls, pushes, imports, exports and collects garbage.
 	images *images.Service
-	server *grpc.Server
-	health *health.Server
-	start  time.Time
+	// network gives containers their namespaces, CNI networks and /etc
+	// files; its state is under <state>/net.
+	network *network.Manager
+	server  *grpc.Server
+	health  *health.Server
+	start   time.Time
 
 	listeners []net.Listener
 	closeOnce sync.Once
@@ -90,19 +94,25 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 			return nil, err
 		}
 	}
+	// Each store opened below is closed again if a later one fails, so a
+	// refused start leaves nothing open or locked.
+	undo := []func(){func() { lock.Close() }, func() { db.Close() }}
+	fail := func(err error) (*Agent, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return nil, err
+	}
 	cs, err := content.NewStore(filepath.Join(cfg.Root, "content"))
 	if err != nil {
-		db.Close()
-		lock.Close()
-		return nil, err
+		return fail(err)
 	}
+	undo = append(undo, func() { cs.Close() })
 	sn, driver, err := openSnapshotter(cfg, log)
 	if err != nil {
-		cs.Close()
-		db.Close()
-		lock.Close()
-		return nil, err
+		return fail(err)
 	}
+	undo = append(undo, func() { sn.Close() })
 	hosts := map[string]images.Host{}
 	for domain, h := range cfg.Registry {
 		hosts[domain] = images.Host{Mirrors: h.Mirrors, PlainHTTP: h.PlainHTTP, SkipVerify: h.SkipVerify}
@@ -114,11 +124,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 		TempDir:                cfg.State,
 	})
 	if err != nil {
-		sn.Close()
-		cs.Close()
-		db.Close()
-		lock.Close()
-		return nil, err
+		return fail(err)
+	}
+	nm, err := openNetwork(cfg, db, log)
+	if err != nil {
+		return fail(err)
 	}
 	// What a crash or a killed pull left behind goes now (partial
 	// downloads younger than ingest_expiry stay, to be resumed).
@@ -127,6 +137,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	}
 	a := &Agent{
 		images:      imgs,
+		network:     nm,
 		content:     cs,
 		snapshots:   sn,
 		snapshotter: driver,
@@ -307,6 +318,9 @@ func openSnapshotter(cfg *config.Config, log *slog.Logger) (snapshotter.Snapshot
 }
 
 func (a *Agent) closeStores() {
+	if err := a.network.Close(); err != nil {
+		a.log.Error("close network manager", "error", err)
+	}
 	if err := a.snapshots.Close(); err != nil {
 		a.log.Error("close snapshotter", "error", err)
 	}

@@ -10,9 +10,3 @@ type tasksService struct {
 	berthv1.UnimplementedTasksServiceServer
 	a *Agent
 }
-
-// networksService serves NetworksService; it waits for the networking issue.
-type networksService struct {
-	berthv1.UnimplementedNetworksServiceServer
-	a *Agent
-}

@@ -60,7 +60,8 @@ func TestSpecFromFlags(t *testing.T) {
 	t.Setenv("FROM_SHELL", "yes")
 	err := fs.Parse([]string{"--name", "web", "-e", "A=1", "-e", "FROM_SHELL", "-e", "UNSET_HERE", "-v", "/srv:/data:ro",
 		"--tmpfs", "/run:size=64m", "-m", "32m", "--cpus", "0.5", "--pids-limit", "10", "-p", "8080:80", "-p", "127.0.0.1:53:53/udp",
-		"-p", "9000", "--restart", "on-failure:3", "--entrypoint", "", "-u", "1000:1000", "-w", "/tmp", "--read-only", "-l", "a=b"})
+		"-p", "9000", "--network", "backend", "--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2",
+		"--network-alias", "www", "--add-host", "db:10.0.0.5", "--restart", "on-failure:3", "--entrypoint", "", "-u", "1000:1000", "-w", "/tmp", "--read-only", "-l", "a=b"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +83,10 @@ func TestSpecFromFlags(t *testing.T) {
 	if len(p) != 3 || p[0].HostPort != 8080 || p[0].ContainerPort != 80 || p[0].Protocol != "tcp" ||
 		p[1].HostIp != "127.0.0.1" || p[1].Protocol != "udp" || p[2].HostPort != 0 || p[2].ContainerPort != 9000 {
 		t.Errorf("ports %v", p)
+	}
+	if n := s.Network; n.Mode != "backend" || strings.Join(n.Dns, ",") != "192.0.2.53" || strings.Join(n.DnsSearch, ",") != "corp.test" ||
+		strings.Join(n.DnsOptions, ",") != "ndots:2" || strings.Join(n.Aliases, ",") != "www" || strings.Join(n.ExtraHosts, ",") != "db:10.0.0.5" {
+		t.Errorf("network %v", n)
 	}
 	if s.RestartPolicy.Name != "on-failure" || s.RestartPolicy.MaxRetries != 3 {
 		t.Errorf("restart %v", s.RestartPolicy)

@@ -90,6 +90,7 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		newVersionCommand(c),
 		newInfoCommand(c),
 		newNamespaceCommand(c),
+		newNetworkCommand(c),
 		newEventsCommand(c),
 		newCreateCommand(c),
 		newRunCommand(c),

@@ -21,6 +21,7 @@ type createFlags struct {
 	network, memory, memorySwap, shmSize, stopSignal, cpusetCpus       string
 	env, envFile, volumes, tmpfs, capAdd, capDrop, labels, publish     []string
 	dns, dnsSearch, addHost, securityOpt, groupAdd, ulimits, sysctls   []string
+	dnsOption, networkAlias                                            []string
 	tty, interactive, readOnly, privileged, rm, init                   bool
 	cpus                                                               float64
 	pidsLimit, cpuShares                                               int64
@@ -62,6 +63,8 @@ func (f *createFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.network, "network", "", "connect a container to a network (none, host, bridge, or a network name)")
 	fs.StringArrayVar(&f.dns, "dns", nil, "set custom DNS servers")
 	fs.StringArrayVar(&f.dnsSearch, "dns-search", nil, "set custom DNS search domains")
+	fs.StringArrayVar(&f.dnsOption, "dns-option", nil, "set DNS options (resolv.conf 'options' entries)")
+	fs.StringArrayVar(&f.networkAlias, "network-alias", nil, "add a network-scoped alias for the container")
 	fs.StringArrayVar(&f.addHost, "add-host", nil, "add a custom host-to-IP mapping (host:ip)")
 	fs.StringArrayVar(&f.securityOpt, "security-opt", nil, "security options")
 	fs.StringArrayVar(&f.groupAdd, "group-add", nil, "add additional groups to join")
@@ -146,7 +149,8 @@ func (f *createFlags) spec(fs *pflag.FlagSet, image string, cmd []string) (*bert
 		}
 		s.Platform = p
 	}
-	net := &berthv1.NetworkConfig{Mode: f.network, Dns: f.dns, DnsSearch: f.dnsSearch, ExtraHosts: f.addHost}
+	net := &berthv1.NetworkConfig{Mode: f.network, Dns: f.dns, DnsSearch: f.dnsSearch, DnsOptions: f.dnsOption,
+		ExtraHosts: f.addHost, Aliases: f.networkAlias}
 	for _, p := range f.publish {
 		pm, err := parsePublish(p)
 		if err != nil {

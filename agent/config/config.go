@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -38,6 +39,7 @@ type Config struct {
 	Events          Events   `toml:"events"`
 	Logs            Logs     `toml:"logs"`
 	Images          Images   `toml:"images"`
+	Network         Network  `toml:"network"`
 	// Registry configures registry hosts by the domain references name
 	// ("docker.io", "127.0.0.1:5000").
 	Registry map[string]RegistryHost `toml:"registry"`
@@ -54,6 +56,18 @@ type RegistryHost struct {
 	Mirrors    []string `toml:"mirrors"`
 	PlainHTTP  bool     `toml:"plain_http"`
 	SkipVerify bool     `toml:"skip_verify"`
+}
+
+// Network configures container networking (CNI).
+type Network struct {
+	// ConfDir holds the networks' CNI config lists; "" is <root>/net/conf.
+	ConfDir       string   `toml:"conf_dir"`
+	BinDirs       []string `toml:"bin_dirs"`
+	Bridge        string   `toml:"bridge"`
+	DefaultSubnet string   `toml:"default_subnet"`
+	SubnetPool    string   `toml:"subnet_pool"`
+	FallbackDNS   []string `toml:"fallback_dns"`
+	MTU           int      `toml:"mtu"`
 }
 
 // TCP configures the remote listener.
@@ -169,6 +183,32 @@ ingest_expiry = "1h"
 # plain_http = false
 # # skip_verify accepts any TLS certificate from the registry and mirrors.
 # skip_verify = false
+[network]
+# conf_dir holds one CNI config list (<name>.conflist) per network; ""
+# means <root>/net/conf. berthd writes the default network "bridge" there
+# on first start. Pinned namespaces, IP allocations and attachment records
+# live under <state>/net, so a reboot frees them with the namespaces.
+conf_dir = ""
+# bin_dirs are searched in order for the CNI plugins (bridge, host-local,
+# portmap).
+bin_dirs = ["/usr/lib/cni", "/opt/cni/bin"]
+# bridge is the Linux bridge of the default network (at most 15 characters).
+bridge = "berth0"
+# default_subnet is the default network's IPv4 subnet, used when berthd
+# writes that network; "" picks the first of 10.88.0.0/16, 10.87.0.0/16,
+# 172.30.0.0/16, 172.31.0.0/16, 192.168.250.0/24 that no host route and no
+# other network uses.
+default_subnet = ""
+# subnet_pool gives each user-defined network created without --subnet a
+# free /24 from this range.
+subnet_pool = "10.89.0.0/16"
+# fallback_dns replaces the host's nameservers in a container's
+# resolv.conf when all of them are loopback addresses (such as
+# systemd-resolved's 127.0.0.53), which a container cannot reach. With an
+# empty list such containers get no nameserver (and a comment saying why).
+fallback_dns = ["8.8.8.8", "8.8.4.4"]
+# mtu of bridges and container interfaces; 0 keeps the kernel's 1500.
+mtu = 0
 `
 
 // Default returns the default configuration.
@@ -245,6 +285,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
 	if c.ShutdownTimeout.Duration < 0 {
 		return fmt.Errorf("shutdown_timeout %s is negative: %w", c.ShutdownTimeout, errdefs.ErrInvalidArgument)
 	}
@@ -258,4 +301,42 @@ func ParseLevel(s string) (slog.Level, error) {
 		return 0, fmt.Errorf("log level %q: use debug, info, warn or error: %w", s, errdefs.ErrInvalidArgument)
 	}
 	return l, nil
+}
+
+func (n *Network) validate() error {
+	bad := func(key, v, want string) error {
+		return fmt.Errorf("[network] %s %q: %s: %w", key, v, want, errdefs.ErrInvalidArgument)
+	}
+	if n.ConfDir != "" && !filepath.IsAbs(n.ConfDir) {
+		return bad("conf_dir", n.ConfDir, "must be an absolute path or empty")
+	}
+	for _, d := range n.BinDirs {
+		if !filepath.IsAbs(d) {
+			return bad("bin_dirs", d, "must be absolute paths")
+		}
+	}
+	if n.Bridge == "" || len(n.Bridge) > 15 || strings.ContainsAny(n.Bridge, "/ \t\n:") {
+		return bad("bridge", n.Bridge, "want a Linux interface name of 1 to 15 characters")
+	}
+	for key, v := range map[string]string{"default_subnet": n.DefaultSubnet, "subnet_pool": n.SubnetPool} {
+		if v == "" && key == "default_subnet" {
+			continue
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() {
+			return bad(key, v, "want an IPv4 CIDR such as 10.89.0.0/16")
+		}
+		if key == "subnet_pool" && p.Bits() > 24 {
+			return bad(key, v, "want /24 or larger")
+		}
+	}
+	for _, d := range n.FallbackDNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			return bad("fallback_dns", d, "want IP addresses")
+		}
+	}
+	if n.MTU != 0 && (n.MTU < 576 || n.MTU > 65535) {
+		return bad("mtu", fmt.Sprint(n.MTU), "want 576 to 65535, or 0")
+	}
+	return nil
 }

@@ -21,6 +21,24 @@ func TestDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	n := c.Network
+	if n.ConfDir != "" || n.Bridge != "berth0" || n.SubnetPool != "10.89.0.0/16" || n.DefaultSubnet != "" ||
+		strings.Join(n.BinDirs, ",") != "/usr/lib/cni,/opt/cni/bin" || strings.Join(n.FallbackDNS, ",") != "8.8.8.8,8.8.4.4" {
+		t.Fatalf("network defaults: %+v", n)
+	}
+}
+
+func TestNetworkKeysLoad(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(path, []byte("[network]\nbridge = \"br-test\"\ndefault_subnet = \"10.201.0.0/24\"\nfallback_dns = []\n"), 0o644)
+	c, err := Load(path, true)
+	if err != nil || c.Network.Bridge != "br-test" || c.Network.DefaultSubnet != "10.201.0.0/24" || len(c.Network.FallbackDNS) != 0 ||
+		c.Network.SubnetPool != "10.89.0.0/16" {
+		t.Fatalf("load [network]: %+v %v", c.Network, err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestLoad(t *testing.T) {
@@ -70,6 +88,14 @@ func TestValidate(t *testing.T) {
 			c.Registry = map[string]RegistryHost{"docker.io": {Mirrors: []string{"127.0.0.1:5000"}}}
 		},
 		"registry name": func(c *Config) { c.Registry = map[string]RegistryHost{"docker.io/library": {}} },
+		"conf dir":      func(c *Config) { c.Network.ConfDir = "net/conf" },
+		"bin dir":       func(c *Config) { c.Network.BinDirs = []string{"cni"} },
+		"long bridge":   func(c *Config) { c.Network.Bridge = "a-very-long-bridge" },
+		"subnet":        func(c *Config) { c.Network.DefaultSubnet = "10.88.0.0" },
+		"v6 subnet":     func(c *Config) { c.Network.DefaultSubnet = "fd00::/64" },
+		"small pool":    func(c *Config) { c.Network.SubnetPool = "10.89.0.0/28" },
+		"dns":           func(c *Config) { c.Network.FallbackDNS = []string{"dns.google"} },
+		"mtu":           func(c *Config) { c.Network.MTU = 100 },
 	} {
 		c := Default()
 		mut(c)

@@ -1,0 +1,812 @@
+package network
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/metadata/identifiers"
+	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+)
+
+// Config configures a Manager.
+type Config struct {
+	// ConfDir holds one <name>.conflist per network.
+	ConfDir string
+	// BinDirs are searched in order for CNI plugins.
+	BinDirs []string
+	// StateDir holds pinned namespaces, attachment records, IPAM state,
+	// libcni's cache and the generated files; it belongs on a tmpfs
+	// (<state>/net), since none of it outlives a reboot.
+	StateDir string
+	// DefaultBridge is the Linux bridge of the "bridge" network.
+	DefaultBridge string
+	// DefaultSubnet is the default network's subnet; empty picks one that
+	// no host route uses.
+	DefaultSubnet string
+	// SubnetPool is where user-defined networks without --subnet get /24s.
+	SubnetPool string
+	// FallbackDNS replaces the host's nameservers when all of them are
+	// loopback addresses a container cannot reach.
+	FallbackDNS []string
+	// MTU of the bridges and veths; 0 keeps the plugin's default.
+	MTU int
+	// HostResolvConf is the resolv.conf containers start from
+	// (/etc/resolv.conf when empty).
+	HostResolvConf string
+	// HostHosts is the hosts file host-mode containers start from
+	// (/etc/hosts when empty).
+	HostHosts string
+}
+
+// AttachRequest asks for a container's network.
+type AttachRequest struct {
+	Namespace   string
+	ContainerID string
+	// Name is the container's name: its peers find it by this name.
+	Name string
+	// Hostname defaults to the first 12 characters of the ID.
+	Hostname string
+	// Config is the container's NetworkConfig; nil means bridge.
+	Config *berthv1.NetworkConfig
+}
+
+// Attachment is a container's network, ready for its runtime spec.
+type Attachment struct {
+	// NetnsPath is the pinned namespace the container must join
+	// (Input.NamespacePaths[specs.NetworkNamespace]); empty in host mode,
+	// where the container keeps the host's network namespace.
+	NetnsPath string
+	Networks  []*berthv1.NetworkAttachment
+	Ports     []*berthv1.PortMapping
+	// HostsPath, HostnamePath and ResolvConfPath are bind-mounted
+	// (rbind, private, read-write for hosts) on /etc/hosts, /etc/hostname
+	// and /etc/resolv.conf.
+	HostsPath, HostnamePath, ResolvConfPath string
+	// Hostname is what the container's UTS hostname should be.
+	Hostname string
+}
+
+// record is the on-disk truth about one attachment,
+// <StateDir>/attachments/<ns>/<id>.json. It is written before anything
+// is created (netns, CNI ADD) and removed after everything was torn down,
+// so after any crash the records name every resource that may exist, and
+// DEL runs with the exact configuration ADD saw.
+type record struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	Name      string `json:"name,omitempty"`
+	Hostname  string `json:"hostname"`
+	Mode      string `json:"mode"`
+	// Network is the CNI network of bridge and user-defined modes.
+	Network   string          `json:"network,omitempty"`
+	CNIID     string          `json:"cni_id,omitempty"`
+	IfName    string          `json:"ifname,omitempty"`
+	NetnsPath string          `json:"netns,omitempty"`
+	ConfList  json.RawMessage `json:"conflist,omitempty"`
+	Ports     []portMapping   `json:"ports,omitempty"`
+	Aliases   []string        `json:"aliases,omitempty"`
+	Extra     []hostEntry     `json:"extra_hosts,omitempty"`
+	// Done is set once ADD succeeded and the files exist.
+	Done bool   `json:"done"`
+	IP   string `json:"ip,omitempty"`
+	// Attachments is the CNI result, as the API shows it.
+	Attachments []attachmentJSON `json:"attachments,omitempty"`
+}
+
+type portMapping struct {
+	HostIP        string `json:"hostIP,omitempty"`
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+}
+
+type attachmentJSON struct {
+	Network   string   `json:"network"`
+	Interface string   `json:"interface"`
+	Addresses []string `json:"addresses"`
+	Gateway   string   `json:"gateway,omitempty"`
+	MAC       string   `json:"mac,omitempty"`
+}
+
+type key struct{ ns, id string }
+
+// Manager gives containers their network namespaces and networks.
+// It is safe for concurrent use, but the caller serialises Attach and
+// Detach of one container (the runtime manager's per-container lock).
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+	cni *libcni.CNIConfig
+
+	// mu guards records, reservations, the network files and every
+	// container's generated /etc/hosts. CNI plugins run outside it.
+	mu           sync.Mutex
+	records      map[key]*record
+	reservations map[key][]*reservation
+	// rulesDone maps network names to the ID whose iptables rules this
+	// process installed or found.
+	rulesDone map[string]string
+}
+
+// New opens the manager's state, writes the default network on first
+// start and re-reserves the host ports of attachments that survived a
+// berthd restart. Call Recover next, once the live containers are known.
+func New(cfg Config, log *slog.Logger) (*Manager, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.ConfDir == "" || cfg.StateDir == "" {
+		return nil, fmt.Errorf("network: conf dir and state dir are required: %w", errdefs.ErrInvalidArgument)
+	}
+	if cfg.DefaultBridge == "" {
+		cfg.DefaultBridge = "berth0"
+	}
+	if len(cfg.DefaultBridge) > 15 {
+		return nil, fmt.Errorf("network bridge name %q is longer than Linux's 15 characters: %w", cfg.DefaultBridge, errdefs.ErrInvalidArgument)
+	}
+	if cfg.SubnetPool == "" {
+		cfg.SubnetPool = "10.89.0.0/16"
+	}
+	if cfg.HostResolvConf == "" {
+		cfg.HostResolvConf = "/etc/resolv.conf"
+	}
+	if cfg.HostHosts == "" {
+		cfg.HostHosts = "/etc/hosts"
+	}
+	m := &Manager{
+		cfg:          cfg,
+		log:          log,
+		records:      map[key]*record{},
+		reservations: map[key][]*reservation{},
+		rulesDone:    map[string]string{},
+	}
+	for _, d := range []string{cfg.ConfDir, cfg.StateDir, m.netnsDir(), m.recordsDir(), m.filesDir(), m.ipamDir(), m.cacheDir()} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, fmt.Errorf("network: create %s: %w", d, err)
+		}
+	}
+	m.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, m.cacheDir(), nil)
+	if err := m.ensureDefault(); err != nil {
+		return nil, err
+	}
+	if err := m.loadRecords(); err != nil {
+		return nil, err
+	}
+	for k, r := range m.records {
+		if !r.Done {
+			continue // Recover tears it down
+		}
+		res, err := reservePorts(r.Ports)
+		if err != nil {
+			m.log.Warn("cannot re-reserve a published port after restart", "namespace", k.ns, "container", k.id, "error", err)
+			continue
+		}
+		m.reservations[k] = res
+	}
+	return m, nil
+}
+
+// Close releases the port reservations. Attachments stay: they belong to
+// containers that outlive berthd.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, res := range m.reservations {
+		releasePorts(res)
+		delete(m.reservations, k)
+	}
+	return nil
+}
+
+func (m *Manager) netnsDir() string   { return filepath.Join(m.cfg.StateDir, "netns") }
+func (m *Manager) recordsDir() string { return filepath.Join(m.cfg.StateDir, "attachments") }
+func (m *Manager) filesDir() string   { return filepath.Join(m.cfg.StateDir, "files") }
+func (m *Manager) ipamDir() string    { return filepath.Join(m.cfg.StateDir, "ipam") }
+func (m *Manager) cacheDir() string   { return filepath.Join(m.cfg.StateDir, "cache") }
+
+func (m *Manager) netnsPath(k key) string {
+	return filepath.Join(m.netnsDir(), k.ns, k.id)
+}
+func (m *Manager) recordPath(k key) string {
+	return filepath.Join(m.recordsDir(), k.ns, k.id+".json")
+}
+func (m *Manager) containerFiles(k key) string {
+	return filepath.Join(m.filesDir(), k.ns, k.id)
+}
+
+// cniID is the container ID CNI plugins see: unique across namespaces
+// and within what libcni accepts.
+func cniID(k key) string {
+	h := sha256.Sum256([]byte(k.ns + "\x00" + k.id))
+	return "berth-" + hex.EncodeToString(h[:16])
+}
+
+// Attach gives a container its network: it writes the attachment record,
+// reserves the published host ports, creates and pins the network
+// namespace (none and networks), runs CNI ADD (networks) and writes the
+// /etc files, updating the hosts files of its peers on a user-defined
+// network. Call it before the shim creates the container's init, and pass
+// the result on as the package documentation says. On any error
+// everything it made is torn down before it returns.
+func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, error) {
+	if err := identifiers.Validate("namespace", req.Namespace); err != nil {
+		return nil, err
+	}
+	if err := identifiers.Validate("container id", req.ContainerID); err != nil {
+		return nil, err
+	}
+	if req.Name != "" {
+		if err := identifiers.Validate("container name", req.Name); err != nil {
+			return nil, err
+		}
+	}
+	k := key{req.Namespace, req.ContainerID}
+	cfg := req.Config
+	if cfg == nil {
+		cfg = &berthv1.NetworkConfig{}
+	}
+	r := &record{Namespace: k.ns, ID: k.id, Name: req.Name, Hostname: req.Hostname, Mode: cfg.Mode, Aliases: cfg.Aliases}
+	if r.Mode == "" {
+		r.Mode = "bridge"
+	}
+	if r.Hostname == "" {
+		if r.Mode == "host" {
+			r.Hostname, _ = os.Hostname()
+		} else {
+			r.Hostname = k.id[:min(12, len(k.id))]
+		}
+	}
+	if !validHostname(r.Hostname) {
+		return nil, fmt.Errorf("hostname %q: use letters, digits, '-' and '.' (at most 253 characters): %w", r.Hostname, errdefs.ErrInvalidArgument)
+	}
+	for _, a := range cfg.Aliases {
+		if err := identifiers.Validate("network alias", a); err != nil {
+			return nil, err
+		}
+	}
+	extra, err := parseExtraHosts(cfg.ExtraHosts)
+	if err != nil {
+		return nil, err
+	}
+	r.Extra = extra
+	resolv, err := m.resolvFor(r.Mode, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ports, err := parsePorts(cfg.Ports)
+	if err != nil {
+		return nil, err
+	}
+	if len(ports) > 0 && (r.Mode == "none" || r.Mode == "host") {
+		return nil, fmt.Errorf("container %s: ports cannot be published in network mode %q (the container is not behind a NAT): drop -p or use a bridge network: %w",
+			k.id, r.Mode, errdefs.ErrInvalidArgument)
+	}
+
+	m.mu.Lock()
+	if old, ok := m.records[k]; ok && !old.Done {
+		// A crashed earlier attempt (Attach is serialised per container):
+		// release it and start over.
+		m.mu.Unlock()
+		if err := m.teardown(ctx, k); err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+	}
+	if _, ok := m.records[k]; ok {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("container %s in namespace %s already has a network attachment: detach it first: %w", k.id, k.ns, errdefs.ErrAlreadyExists)
+	}
+	if r.Mode != "none" && r.Mode != "host" {
+		r.Network = r.Mode
+		if r.Network == "bridge" {
+			r.Network = DefaultNetwork
+		}
+		n, err := m.loadNetwork(r.Network)
+		if err != nil {
+			m.mu.Unlock()
+			return nil, fmt.Errorf("container %s: %w", k.id, err)
+		}
+		if err := m.ensureRules(ctx, n); err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
+		r.ConfList = n.Bytes
+		r.CNIID = cniID(k)
+		r.IfName = "eth0"
+	}
+	if r.Mode != "host" {
+		r.NetnsPath = m.netnsPath(k)
+	}
+	res, err := reservePorts(ports)
+	if err != nil {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("container %s: %w", k.id, err)
+	}
+	r.Ports = ports
+	for i, p := range res {
+		r.Ports[i].HostPort = p.port // the chosen one where 0 was asked
+	}
+	if len(r.Ports) > 0 {
+		if r.ConfList, err = withPortmap(r.ConfList); err != nil {
+			releasePorts(res)
+			m.mu.Unlock()
+			return nil, err
+		}
+	}
+	// The record goes to disk before any resource exists.
+	if err := m.saveRecord(r); err != nil {
+		releasePorts(res)
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.records[k] = r
+	m.reservations[k] = res
+	m.mu.Unlock()
+
+	att, err := m.attach(ctx, k, r, resolv)
+	if err != nil {
+		// Teardown must run even if ctx was cancelled.
+		if terr := m.teardown(context.WithoutCancel(ctx), k); terr != nil {
+			m.log.Error("cleanup after a failed attach", "namespace", k.ns, "container", k.id, "error", terr)
+		}
+		return nil, err
+	}
+	return att, nil
+}
+
+func (m *Manager) attach(ctx context.Context, k key, r *record, resolv string) (*Attachment, error) {
+	if r.NetnsPath != "" {
+		if err := newPinnedNetns(r.NetnsPath); err != nil {
+			return nil, fmt.Errorf("container %s: %w", k.id, err)
+		}
+	}
+	if r.Network != "" {
+		list, err := libcni.NetworkConfFromBytes(r.ConfList)
+		if err != nil {
+			return nil, fmt.Errorf("network %q: %w", r.Network, err)
+		}
+		res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(r))
+		if err != nil {
+			if strings.Contains(err.Error(), "failed to find plugin") {
+				return nil, fmt.Errorf("container %s: join network %q: %w (install containernetworking-plugins or set [network] bin_dirs): %w",
+					k.id, r.Network, err, errdefs.ErrFailedPrecondition)
+			}
+			return nil, fmt.Errorf("container %s: join network %q: %w", k.id, r.Network, err)
+		}
+		cur, err := types100.NewResultFromResult(res)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: network %q result: %w", k.id, r.Network, err)
+		}
+		r.Attachments, r.IP = convertResult(r.Network, r.IfName, cur)
+		if r.IP == "" {
+			return nil, fmt.Errorf("container %s: network %q gave no IPv4 address: %w", k.id, r.Network, errdefs.ErrFailedPrecondition)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	dir := m.containerFiles(k)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hostname"), []byte(r.Hostname+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
+		return nil, err
+	}
+	r.Done = true
+	if err := m.writeHosts(r); err != nil {
+		return nil, err
+	}
+	if err := m.saveRecord(r); err != nil {
+		return nil, err
+	}
+	m.updatePeers(r.Network, k)
+	return m.attachmentOf(r), nil
+}
+
+func (m *Manager) attachmentOf(r *record) *Attachment {
+	k := key{r.Namespace, r.ID}
+	dir := m.containerFiles(k)
+	a := &Attachment{
+		NetnsPath:      r.NetnsPath,
+		HostsPath:      filepath.Join(dir, "hosts"),
+		HostnamePath:   filepath.Join(dir, "hostname"),
+		ResolvConfPath: filepath.Join(dir, "resolv.conf"),
+		Hostname:       r.Hostname,
+	}
+	for _, at := range r.Attachments {
+		a.Networks = append(a.Networks, &berthv1.NetworkAttachment{
+			Network: at.Network, Interface: at.Interface, Addresses: at.Addresses, Gateway: at.Gateway, MacAddress: at.MAC,
+		})
+	}
+	for _, p := range r.Ports {
+		a.Ports = append(a.Ports, &berthv1.PortMapping{HostIp: p.HostIP, HostPort: uint32(p.HostPort), ContainerPort: uint32(p.ContainerPort), Protocol: p.Protocol})
+	}
+	return a
+}
+
+// Get returns a container's attachment as Attach did, for a berthd that
+// restarted; ErrNotFound if it has none.
+func (m *Manager) Get(ns, id string) (*Attachment, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.records[key{ns, id}]
+	if !ok || !r.Done {
+		return nil, fmt.Errorf("container %s in namespace %s has no network attachment: %w", id, ns, errdefs.ErrNotFound)
+	}
+	return m.attachmentOf(r), nil
+}
+
+func (m *Manager) runtimeConf(r *record) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: r.CNIID, NetNS: r.NetnsPath, IfName: r.IfName}
+	if len(r.Ports) > 0 {
+		pm := make([]map[string]any, len(r.Ports))
+		for i, p := range r.Ports {
+			pm[i] = map[string]any{"hostPort": p.HostPort, "containerPort": p.ContainerPort, "protocol": p.Protocol}
+			if p.HostIP != "" {
+				pm[i]["hostIP"] = p.HostIP
+			}
+		}
+		rt.CapabilityArgs = map[string]any{"portMappings": pm}
+	}
+	return rt
+}
+
+func convertResult(network, ifName string, res *types100.Result) ([]attachmentJSON, string) {
+	a := attachmentJSON{Network: network, Interface: ifName}
+	idx := -1
+	for i, in := range res.Interfaces {
+		if in.Sandbox != "" && in.Name == ifName {
+			idx, a.MAC = i, in.Mac
+		}
+	}
+	ip4 := ""
+	for _, ip := range res.IPs {
+		if ip.Interface != nil && *ip.Interface != idx {
+			continue
+		}
+		a.Addresses = append(a.Addresses, ip.Address.String())
+		if ip.Address.IP.To4() != nil {
+			if ip4 == "" {
+				ip4 = ip.Address.IP.String()
+			}
+			if ip.Gateway != nil && a.Gateway == "" {
+				a.Gateway = ip.Gateway.String()
+			}
+		}
+	}
+	return []attachmentJSON{a}, ip4
+}
+
+// Detach tears a container's network down: CNI DEL with the configuration
+// ADD used, unpin the namespace, drop the files, the port reservations
+// and the record, and update its peers' /etc/hosts. Detaching a container
+// without an attachment succeeds, so Detach can be retried after a crash.
+func (m *Manager) Detach(ctx context.Context, ns, id string) error {
+	if err := identifiers.Validate("namespace", ns); err != nil {
+		return err
+	}
+	if err := identifiers.Validate("container id", id); err != nil {
+		return err
+	}
+	return m.teardown(ctx, key{ns, id})
+}
+
+func (m *Manager) teardown(ctx context.Context, k key) error {
+	m.mu.Lock()
+	r := m.records[k]
+	m.mu.Unlock()
+	if r != nil && r.Network != "" {
+		if err := m.delCNI(ctx, r); err != nil {
+			// Keep the record: a later Detach or Recover retries.
+			return fmt.Errorf("container %s: leave network %q: %w", k.id, r.Network, err)
+		}
+	}
+	if err := unpinNetns(m.netnsPath(k)); err != nil {
+		return fmt.Errorf("container %s: %w", k.id, err)
+	}
+	os.Remove(filepath.Dir(m.netnsPath(k))) // the namespace's dir, once empty
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := os.RemoveAll(m.containerFiles(k)); err != nil {
+		return fmt.Errorf("container %s: remove network files: %w", k.id, err)
+	}
+	os.Remove(filepath.Dir(m.containerFiles(k)))
+	releasePorts(m.reservations[k])
+	delete(m.reservations, k)
+	if err := os.Remove(m.recordPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("container %s: remove network record: %w", k.id, err)
+	}
+	os.Remove(filepath.Dir(m.recordPath(k)))
+	delete(m.records, k)
+	if r != nil && r.Done {
+		m.updatePeers(r.Network, k)
+	}
+	return nil
+}
+
+// delCNI runs CNI DEL for an attachment with the config list ADD used.
+// libcni stops a list's DEL at the first failing plugin, which would leave
+// the later ones (the bridge plugin's IP allocation, behind a failing
+// portmap) never asked; so on failure every plugin is asked on its own, in
+// reverse order. A plugin whose binary cannot be found is taken to hold
+// nothing: that happens when ADD failed for the same reason, and no later
+// retry could do better.
+func (m *Manager) delCNI(ctx context.Context, r *record) error {
+	list, err := libcni.NetworkConfFromBytes(r.ConfList)
+	if err != nil {
+		return err
+	}
+	rt := m.runtimeConf(r)
+	if err := m.cni.DelNetworkList(ctx, list, rt); err == nil {
+		return nil
+	}
+	var errs []error
+	for i := len(list.Plugins) - 1; i >= 0; i-- {
+		one := *list
+		one.Plugins = list.Plugins[i : i+1]
+		err := m.cni.DelNetworkList(ctx, &one, rt)
+		if err != nil && strings.Contains(err.Error(), "failed to find plugin") {
+			m.log.Warn("CNI plugin not found for DEL; assuming it holds nothing", "container", r.ID, "plugin", list.Plugins[i].Network.Type, "error", err)
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Recover tears down every attachment whose container live reports gone,
+// and every attach that never finished, then sweeps what no record accounts for: pinned namespaces, generated
+// files and host-local IP allocations. Call it once after New, before
+// serving, with live answering from the runtime's view of its tasks.
+func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) error {
+	m.mu.Lock()
+	var dead []key
+	for k, r := range m.records {
+		// An attach that never finished was never handed to a runtime, so
+		// no container uses it, live or not.
+		if !r.Done || !live(k.ns, k.id) {
+			dead = append(dead, k)
+		}
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, k := range dead {
+		m.log.Info("releasing the network of a container that is gone", "namespace", k.ns, "container", k.id)
+		if err := m.teardown(ctx, k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	known := map[string]bool{}
+	for _, r := range m.records {
+		known[r.CNIID] = true
+	}
+	// Pinned namespaces and files without a record.
+	for _, base := range []string{m.netnsDir(), m.filesDir()} {
+		nsDirs, _ := os.ReadDir(base)
+		for _, nd := range nsDirs {
+			entries, _ := os.ReadDir(filepath.Join(base, nd.Name()))
+			for _, e := range entries {
+				if _, ok := m.records[key{nd.Name(), e.Name()}]; ok {
+					continue
+				}
+				p := filepath.Join(base, nd.Name(), e.Name())
+				m.log.Info("removing an orphaned network leftover", "path", p)
+				if base == m.netnsDir() {
+					if err := unpinNetns(p); err != nil {
+						errs = append(errs, err)
+					}
+				} else {
+					os.RemoveAll(p)
+				}
+			}
+			os.Remove(filepath.Join(base, nd.Name()))
+		}
+	}
+	// host-local allocations: <ipam>/<network>/<ip>, first line the
+	// container ID. Every allocation Berth makes has a record first.
+	netDirs, _ := os.ReadDir(m.ipamDir())
+	for _, nd := range netDirs {
+		dir := filepath.Join(m.ipamDir(), nd.Name())
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if _, err := netip.ParseAddr(e.Name()); err != nil {
+				continue // last_reserved_ip.N, lock
+			}
+			b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				continue
+			}
+			owner, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+			owner = strings.TrimSpace(owner)
+			if strings.HasPrefix(owner, "berth-") && !known[owner] {
+				m.log.Info("releasing an orphaned IP allocation", "network", nd.Name(), "ip", e.Name())
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) saveRecord(r *record) error {
+	p := m.recordPath(key{r.Namespace, r.ID})
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(p, b, 0o600); err != nil {
+		return fmt.Errorf("container %s: save network record: %w", r.ID, err)
+	}
+	return nil
+}
+
+func (m *Manager) loadRecords() error {
+	nsDirs, err := os.ReadDir(m.recordsDir())
+	if err != nil {
+		return err
+	}
+	for _, nd := range nsDirs {
+		entries, _ := os.ReadDir(filepath.Join(m.recordsDir(), nd.Name()))
+		for _, e := range entries {
+			p := filepath.Join(m.recordsDir(), nd.Name(), e.Name())
+			id, ok := strings.CutSuffix(e.Name(), ".json")
+			if !ok {
+				continue
+			}
+			b, err := os.ReadFile(p)
+			var r record
+			if err == nil {
+				err = json.Unmarshal(b, &r)
+			}
+			if err != nil || r.Namespace != nd.Name() || r.ID != id {
+				m.log.Warn("ignoring an unreadable network record", "file", p, "error", err)
+				continue
+			}
+			m.records[key{r.Namespace, r.ID}] = &r
+		}
+	}
+	return nil
+}
+
+// members lists the containers on a network, as "name" for the default
+// namespace and "namespace/name" otherwise. Caller holds mu.
+func (m *Manager) members(network string) []string {
+	var out []string
+	for _, r := range m.records {
+		if r.Network != network {
+			continue
+		}
+		n := r.Name
+		if n == "" {
+			n = r.ID
+		}
+		if r.Namespace != "default" {
+			n = r.Namespace + "/" + n
+		}
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// peers returns the /etc/hosts entries of the other containers on a
+// user-defined network. The default network has no name resolution, as
+// in Docker. Caller holds mu.
+func (m *Manager) peers(r *record) []hostEntry {
+	if r.Network == "" || r.Network == DefaultNetwork {
+		return nil
+	}
+	var out []hostEntry
+	for _, p := range m.records {
+		if p == r || p.Network != r.Network || !p.Done || p.IP == "" || p.Namespace != r.Namespace {
+			continue
+		}
+		names := []string{}
+		if p.Name != "" {
+			names = append(names, p.Name)
+		}
+		names = append(names, p.Aliases...)
+		if p.Hostname != p.Name {
+			names = append(names, p.Hostname)
+		}
+		out = append(out, hostEntry{IP: p.IP, Names: names})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
+	return out
+}
+
+// writeHosts (re)writes a container's /etc/hosts in place. Caller holds mu.
+func (m *Manager) writeHosts(r *record) error {
+	path := filepath.Join(m.containerFiles(key{r.Namespace, r.ID}), "hosts")
+	var data []byte
+	if r.Mode == "host" {
+		host, _ := os.ReadFile(m.cfg.HostHosts)
+		data = append(host, hostsFile(nil, nil, r.Extra)...)
+	} else {
+		self := &hostEntry{IP: r.IP, Names: []string{r.Hostname}}
+		if r.Name != "" && r.Name != r.Hostname {
+			self.Names = append(self.Names, r.Name)
+		}
+		self.Names = append(self.Names, r.Aliases...)
+		if r.IP == "" {
+			self = nil
+		}
+		data = hostsFile(self, m.peers(r), r.Extra)
+		if self == nil {
+			// none: the hostname still resolves, to loopback.
+			data = append(data, []byte("127.0.1.1\t"+r.Hostname+"\n")...)
+		}
+	}
+	if err := rewriteInPlace(path, data); err != nil {
+		return fmt.Errorf("container %s: write /etc/hosts: %w", r.ID, err)
+	}
+	return nil
+}
+
+// updatePeers rewrites the hosts files of the other containers on a
+// user-defined network after one joined or left. Caller holds mu.
+func (m *Manager) updatePeers(network string, except key) {
+	if network == "" || network == DefaultNetwork {
+		return
+	}
+	for k, p := range m.records {
+		if k == except || p.Network != network || !p.Done || k.ns != except.ns {
+			continue
+		}
+		if err := m.writeHosts(p); err != nil {
+			m.log.Warn("cannot update a peer's /etc/hosts", "namespace", k.ns, "container", k.id, "error", err)
+		}
+	}
+}
+
+// validHostname accepts RFC 1123 host names, which are also safe to write
+// into /etc/hosts and /etc/hostname.
+func validHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (m *Manager) resolvFor(mode string, cfg *berthv1.NetworkConfig) (string, error) {
+	host := readHostResolv(m.cfg.HostResolvConf)
+	if mode == "host" && len(cfg.Dns) == 0 && len(cfg.DnsSearch) == 0 && len(cfg.DnsOptions) == 0 {
+		// The host's namespace reaches its own loopback resolver.
+		return host, nil
+	}
+	return resolvConf(host, cfg.Dns, cfg.DnsSearch, cfg.DnsOptions, m.cfg.FallbackDNS)
+}
