@@ -83,8 +83,8 @@ func reapLeftovers(t *testing.T, state, cgParent string) {
 	}
 }
 
-// processesMentioning lists processes whose command line contains s (the
-// shims carry their state dir in their arguments).
+// processesMentioning lists the shims whose command line contains s (they
+// carry their state dir in their arguments); berthd itself is not one.
 func processesMentioning(s string) []int {
 	var out []int
 	ents, _ := os.ReadDir("/proc")
@@ -94,7 +94,7 @@ func processesMentioning(s string) []int {
 			continue
 		}
 		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), s) {
+		if err == nil && strings.Contains(string(cmd), s) && strings.Contains(string(cmd), "berth-shim") {
 			out = append(out, pid)
 		}
 	}
