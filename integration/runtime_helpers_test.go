@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
@@ -49,10 +51,17 @@ func startRuntime(t *testing.T, opts ...daemonOption) *rt {
 		if d.cmd != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if list, err := r.cc.ListContainers(ctx, &berthv1.ListContainersRequest{}); err == nil {
-				for _, c := range list.Containers {
-					r.cc.DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: c.Id, Force: true})
+			// A connection of its own: the test's may be closed already.
+			if conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials())); err == nil {
+				cc := berthv1.NewContainersServiceClient(conn)
+				if list, err := cc.ListContainers(ctx, &berthv1.ListContainersRequest{}); err == nil {
+					for _, c := range list.Containers {
+						if _, err := cc.DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: c.Id, Force: true}); err != nil {
+							t.Errorf("cleanup: delete container %s: %v", c.Id, err)
+						}
+					}
 				}
+				conn.Close()
 			}
 		}
 		d.stop()
@@ -245,3 +254,5 @@ func (r *rt) remove(ctx context.Context, id string) {
 		r.t.Fatalf("delete container: %v", err)
 	}
 }
+
+func killPid(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
