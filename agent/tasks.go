@@ -606,6 +606,11 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 			st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(ev.GetExitStatus()), ev.GetExitedAt(), 0
 			st.OomKilled = st.OomKilled || ev.GetOomKilled()
 		})
+		if errdefs.IsNotFound(err) {
+			// Removed with force while running: the record went first.
+			a.log.Debug("exit of a removed container", "container", id)
+			return
+		}
 		if err != nil {
 			a.log.Warn("record exit", "container", id, "err", err)
 			return

@@ -25,7 +25,7 @@ import (
 
 // rt is a berthd with the busybox image, driven through the gRPC API.
 type rt struct {
-	t        *testing.T
+	t        testing.TB
 	d        *daemon
 	cgParent string
 	cc       berthv1.ContainersServiceClient
@@ -36,7 +36,7 @@ type rt struct {
 // busybox image. Its cleanup removes every container through the API,
 // then, whatever happened, kills any shim or container process left under
 // its state dir, unmounts what is mounted there and removes its cgroups.
-func startRuntime(t *testing.T, opts ...daemonOption) *rt {
+func startRuntime(t testing.TB, opts ...daemonOption) *rt {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
@@ -78,7 +78,7 @@ func (r *rt) connect() {
 }
 
 // reapLeftovers is the backstop of every runtime test's cleanup.
-func reapLeftovers(t *testing.T, state, cgParent string) {
+func reapLeftovers(t testing.TB, state, cgParent string) {
 	for _, pid := range processesMentioning(state) {
 		t.Logf("cleanup: killing leftover process %d", pid)
 		syscall.Kill(pid, syscall.SIGKILL)

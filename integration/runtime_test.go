@@ -262,3 +262,27 @@ grep CapEff /proc/self/status`}})
 		t.Errorf("capabilities: want %q in\n%s", want, out)
 	}
 }
+
+func TestAutoRemoveDeletesAfterExit(t *testing.T) {
+	r := startRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sh", "-c", "exit 4"}, AutoRemove: true})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := r.cc.GetContainer(ctx, &berthv1.GetContainerRequest{Id: c.Id})
+		if status.Code(err) == codes.NotFound {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--rm container still there 10s after its exit: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := mountsUnder(r.d.state); len(m) != 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+	if p := processesMentioning(r.d.state); len(p) != 0 {
+		t.Errorf("shims left: %v", p)
+	}
+}

@@ -30,7 +30,7 @@ const busyboxRef = "docker.io/library/busybox:latest"
 
 var busyboxTar []byte
 
-func seedBusybox(t *testing.T, d *daemon, nss ...string) {
+func seedBusybox(t testing.TB, d *daemon, nss ...string) {
 	t.Helper()
 	if len(nss) == 0 {
 		nss = []string{namespaces.Default}

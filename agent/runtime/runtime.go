@@ -186,9 +186,11 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
 		return nil, fmt.Errorf("create rootfs dir of %s: %w", o.ID, err)
 	}
+	tBegin := time.Now()
 	if err := snapshotter.MountAll(o.Rootfs, rootfs); err != nil {
 		return nil, fmt.Errorf("mount the rootfs of %s: %w", o.ID, err)
 	}
+	tMount := time.Now()
 	spec, err := o.Spec(rootfs)
 	if err != nil {
 		return nil, err
@@ -200,7 +202,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	if err := oci.WriteSpec(dir, spec); err != nil {
 		return nil, err
 	}
+	tSpec := time.Now()
 	b, err := m.startShim(ctx, o.NS, o.ID, dir)
+	tShim := time.Now()
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +214,10 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 		syscall.Kill(int(b.GetPid()), syscall.SIGKILL)
 		return nil, err
 	}
+	tDial := time.Now()
+	defer func() {
+		m.cfg.Log.Debug("task created", "container", o.ID, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
+	}()
 	if _, err := t.Shim.Create(ctx, &shimv1.CreateRequest{Id: o.ID, Bundle: dir, Terminal: o.Terminal, Stdin: o.Stdin,
 		Log: o.Log, CgroupParent: o.CgroupParent}); err != nil {
 		return nil, fromStatus(err, "create task "+o.ID)

@@ -30,6 +30,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"syscall"
@@ -362,6 +364,10 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		s.procs[""] = p
 	})
 	s.watchOOM(c)
+	// Creating is the shim's busiest moment and the heap it grew is
+	// garbage now: hand it back, as the shim then idles for the
+	// container's lifetime.
+	go s.trimMemory()
 	return &shimv1.CreateResponse{Pid: uint32(p.pid)}, nil
 }
 
@@ -398,6 +404,18 @@ func (s *Service) watchOOM(c *container.Container) {
 			s.do(func() { s.publish(&shimv1.EventsResponse{Topic: "/tasks/oom"}) })
 		}
 	}()
+}
+
+// trimMemory returns the heap grown by a burst of work to the OS, and
+// logs the runtime's view of the shim's memory at debug level.
+func (s *Service) trimMemory() {
+	debug.FreeOSMemory()
+	if s.log.Enabled(s.ctx, slog.LevelDebug) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		s.log.Debug("memory", "heap_inuse", ms.HeapInuse, "heap_alloc", ms.HeapAlloc, "stack_inuse", ms.StackInuse,
+			"mspan", ms.MSpanInuse, "gc_sys", ms.GCSys, "other_sys", ms.OtherSys, "sys", ms.Sys, "heap_released", ms.HeapReleased)
+	}
 }
 
 // initStatus turns an error from the container package into a gRPC
@@ -481,6 +499,7 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 			}
 			s.publish(&shimv1.EventsResponse{Topic: "/tasks/start", Pid: uint32(p.pid)})
 		})
+		go s.trimMemory()
 		return &shimv1.StartResponse{Pid: uint32(p.pid)}, nil
 	}
 	return s.startExec(ctx, c, p)
