@@ -169,7 +169,14 @@ func (s *tasksService) StartTask(ctx context.Context, req *berthv1.StartTaskRequ
 	}
 	if req.GetExecId() == "" {
 		s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
-			st.State, st.Pid, st.StartedAt = berthv1.ContainerState_CONTAINER_STATE_RUNNING, resp.GetPid(), timestamppb.Now()
+			// A fast process may have exited, and its exit been recorded,
+			// before we get here: never turn EXITED back into RUNNING.
+			if st.State == berthv1.ContainerState_CONTAINER_STATE_CREATED {
+				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, resp.GetPid()
+			}
+			if st.StartedAt == nil || st.State == berthv1.ContainerState_CONTAINER_STATE_RUNNING {
+				st.StartedAt = timestamppb.Now()
+			}
 		})
 	}
 	return &berthv1.StartTaskResponse{Pid: resp.GetPid()}, nil
@@ -288,6 +295,11 @@ func (s *tasksService) WaitTask(ctx context.Context, req *berthv1.WaitTaskReques
 	w, err := t.Shim.Wait(ctx, &shimv1.WaitRequest{Id: c.Id, ExecId: req.GetExecId()})
 	if err != nil {
 		return nil, runtime.FromShim(err, "wait for "+describe(c.Id, req.GetExecId()))
+	}
+	if req.GetExecId() == "" {
+		// The exit event may still be on its way: record the exit here
+		// too, so a client that waited then reads the status sees it.
+		s.a.recordExit(ctx, c.Id, w.GetExitStatus(), w.GetExitedAt(), w.GetOomKilled())
 	}
 	return &berthv1.WaitTaskResponse{ExitStatus: w.GetExitStatus(), ExitedAt: w.GetExitedAt(), OomKilled: w.GetOomKilled()}, nil
 }
@@ -602,10 +614,7 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 		if ev.GetExecId() != "" {
 			break
 		}
-		c, err := a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
-			st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(ev.GetExitStatus()), ev.GetExitedAt(), 0
-			st.OomKilled = st.OomKilled || ev.GetOomKilled()
-		})
+		c, err := a.recordExit(ctx, id, ev.GetExitStatus(), ev.GetExitedAt(), ev.GetOomKilled())
 		if errdefs.IsNotFound(err) {
 			// Removed with force while running: the record went first.
 			a.log.Debug("exit of a removed container", "container", id)
@@ -639,6 +648,16 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 		a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) { st.OomKilled = true })
 	}
 	a.events.Publish(ctx, ev.GetTopic(), id, attrs)
+}
+
+// recordExit puts an init's exit into the container's status. It is
+// idempotent: the exit event, a Wait and a replay after reconnect all
+// record the same exit.
+func (a *Agent) recordExit(ctx context.Context, id string, code uint32, at *timestamppb.Timestamp, oom bool) (*berthv1.Container, error) {
+	return a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
+		st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(code), at, 0
+		st.OomKilled = st.OomKilled || oom
+	})
 }
 
 // autoRemove deletes a --rm container after its task exited.
