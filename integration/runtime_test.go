@@ -286,10 +286,16 @@ func TestAutoRemoveDeletesAfterExit(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if m := mountsUnder(r.d.state); len(m) != 0 {
-		t.Errorf("mounts left: %v", m)
-	}
-	if p := processesMentioning(r.d.state); len(p) != 0 {
-		t.Errorf("shims left: %v", p)
+	// The record goes first (crash safety); the task's teardown follows
+	// at once.
+	for {
+		m, p := mountsUnder(r.d.state), processesMentioning(r.d.state)
+		if len(m) == 0 && len(p) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--rm left mounts %v and shims %v", m, p)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

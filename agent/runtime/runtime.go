@@ -179,6 +179,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 				t.Shim.Shutdown(sctx, &shimv1.ShutdownRequest{Id: o.ID, Now: true})
 				cancel()
 				t.conn.Close()
+				waitGone(t.ShimPid, 2*time.Second)
 			}
 			m.cleanupBundle(dir, o.CgroupParent)
 		}
@@ -394,6 +395,9 @@ func (m *Manager) Delete(ctx context.Context, ns, id string, force bool) (*shimv
 	}
 	if !unreachable {
 		t.Shim.Shutdown(ctx, &shimv1.ShutdownRequest{Id: id})
+		// Gone when Delete returns, so a caller that counts processes
+		// (or removes the state dir) finds nothing of this task.
+		waitGone(t.ShimPid, 2*time.Second)
 	}
 	if resp == nil {
 		ev := recordedExit(t.Bundle)
@@ -449,6 +453,26 @@ func (m *Manager) cleanupBundle(dir, cgroupParent string) {
 	os.Remove(bundle.SocketPath(m.cfg.State, ns, id))
 	if err := os.RemoveAll(dir); err != nil {
 		m.cfg.Log.Warn("remove bundle", "bundle", dir, "err", err)
+	}
+}
+
+// waitGone waits up to timeout for process pid to exit. The shim is not
+// our child, so it is watched through a pidfd rather than waited for.
+func waitGone(pid int, timeout time.Duration) {
+	if pid <= 0 {
+		return
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return // already gone
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, int(timeout.Milliseconds()))
+		if err != unix.EINTR {
+			return
+		}
 	}
 }
 

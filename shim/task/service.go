@@ -184,6 +184,19 @@ func (s *Service) handleExit(e exitEvent) {
 		case <-time.After(ioDrainTimeout):
 			s.log.Warn("output still open after exit; not waiting for it", "exec", e.execID)
 		}
+		if e.execID != "" {
+			// An exec's stdio is ours (the init's belongs to the
+			// container until Destroy): release it now.
+			closeAll(p.outR)
+			var console, stdin *os.File
+			s.do(func() { console, stdin, p.console, p.stdinW = p.console, p.stdinW, nil, nil })
+			if stdin != nil && stdin != console {
+				stdin.Close()
+			}
+			if console != nil {
+				console.Close()
+			}
+		}
 		status := e.status
 		var oom bool
 		if e.execID == "" && c != nil {
@@ -884,7 +897,12 @@ func (s *Service) Delete(ctx context.Context, req *shimv1.DeleteRequest) (*shimv
 			return nil, status.Errorf(codes.FailedPrecondition, "exec %q of %s is running: kill it first", req.GetExecId(), s.id)
 		}
 		s.do(func() { delete(s.procs, req.GetExecId()) })
+		// Never started: its stdio was never handed to a process.
+		closeAll(p.childIO)
 		closeAll(p.outR)
+		if st == shimv1.Status_STATUS_CREATED && p.stdinW != nil {
+			p.stdinW.Close()
+		}
 		return &shimv1.DeleteResponse{Pid: uint32(p.pid), ExitStatus: p.exit, ExitedAt: timestamppb.New(p.exitedAt)}, nil
 	}
 	if st == shimv1.Status_STATUS_RUNNING || st == shimv1.Status_STATUS_PAUSED {
