@@ -326,7 +326,7 @@ func (s *tasksService) DeleteTask(ctx context.Context, req *berthv1.DeleteTaskRe
 		}
 		st.Pid = 0
 	})
-	s.a.events.Publish(ctx, "/tasks/delete", c.Id, map[string]string{"exit_status": strconv.Itoa(int(d.GetExitStatus()))})
+	s.a.events.Publish(ctx, "/tasks/delete", c.Id, map[string]string{"exit_code": strconv.Itoa(int(d.GetExitStatus()))})
 	return &berthv1.DeleteTaskResponse{ExitStatus: d.GetExitStatus(), ExitedAt: d.GetExitedAt()}, nil
 }
 
@@ -610,7 +610,7 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 	}
 	switch ev.GetTopic() {
 	case "/tasks/exit":
-		attrs["exit_status"] = strconv.Itoa(int(ev.GetExitStatus()))
+		attrs["exit_code"] = strconv.Itoa(int(ev.GetExitStatus()))
 		if ev.GetExecId() != "" {
 			break
 		}

@@ -85,6 +85,10 @@ func TestResourceLimits(t *testing.T) {
 
 	t.Run("memory hog is OOM-killed", func(t *testing.T) {
 		const mem = 32 << 20
+		sub, err := berthv1.NewEventsServiceClient(r.d.conn()).Subscribe(ctx, &berthv1.SubscribeRequest{Topics: []string{"/tasks/oom", "/tasks/exit"}})
+		if err != nil {
+			t.Fatal(err)
+		}
 		c, w, out := r.runToExit(ctx, &berthv1.ContainerSpec{
 			Cmd:       []string{"sh", "-c", "echo start; x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"},
 			Resources: &berthv1.Resources{MemoryBytes: mem, MemorySwapBytes: mem},
@@ -98,6 +102,25 @@ func TestResourceLimits(t *testing.T) {
 		}
 		if st := got.Container.Status; !st.OomKilled || st.ExitCode != 137 || st.State != berthv1.ContainerState_CONTAINER_STATE_EXITED {
 			t.Fatalf("status %+v, want exited 137 with oom_killed", st)
+		}
+		// The events: /tasks/oom, then the exit naming the OOM kill.
+		var topics []string
+		for len(topics) < 2 {
+			ev, err := sub.Recv()
+			if err != nil {
+				t.Fatalf("events: %v (got %v)", err, topics)
+			}
+			e := ev.GetEvent()
+			if e == nil || e.Id != c.Id {
+				continue
+			}
+			topics = append(topics, e.Topic)
+			if e.Topic == "/tasks/exit" && (e.Attributes["exit_code"] != "137" || e.Attributes["oom_killed"] != "true") {
+				t.Errorf("exit event %v, want exit_code 137 and oom_killed", e.Attributes)
+			}
+		}
+		if topics[0] != "/tasks/oom" || topics[1] != "/tasks/exit" {
+			t.Errorf("events %v, want /tasks/oom then /tasks/exit", topics)
 		}
 	})
 

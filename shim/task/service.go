@@ -115,6 +115,7 @@ type Service struct {
 	seq        uint64
 	eventsWake chan struct{} // closed and replaced on each new event
 	deleted    bool
+	oomSeen    bool // a /tasks/oom event has been queued
 	shutOnce   sync.Once
 }
 
@@ -219,6 +220,12 @@ func (s *Service) handleExit(e exitEvent) {
 		s.do(func() {
 			p.status = shimv1.Status_STATUS_STOPPED
 			close(p.done)
+			if oom && !s.oomSeen {
+				// The kernel's notification may trail the exit; the OOM
+				// is reported before the exit it caused either way.
+				s.oomSeen = true
+				s.publish(&shimv1.EventsResponse{Topic: "/tasks/oom"})
+			}
 			s.publish(&shimv1.EventsResponse{Topic: "/tasks/exit", ExecId: e.execID, Pid: uint32(p.pid),
 				ExitStatus: status, ExitedAt: timestamppb.New(e.at), OomKilled: oom})
 		})
@@ -414,7 +421,13 @@ func (s *Service) watchOOM(c *container.Container) {
 	}
 	go func() {
 		for range ch {
-			s.do(func() { s.publish(&shimv1.EventsResponse{Topic: "/tasks/oom"}) })
+			s.do(func() {
+				if p := s.procs[""]; p != nil && p.status == shimv1.Status_STATUS_STOPPED && s.oomSeen {
+					return // reported with the exit already
+				}
+				s.oomSeen = true
+				s.publish(&shimv1.EventsResponse{Topic: "/tasks/oom"})
+			})
 		}
 	}()
 }
