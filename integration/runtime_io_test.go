@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -227,5 +229,49 @@ func TestAttachDetachLogsLoseNothing(t *testing.T) {
 	}
 	if got.String() != "f1\nf2\nf3\nf4\nf5\n" {
 		t.Errorf("follow: %q", got.String())
+	}
+}
+
+func TestLogRotationKeepsNewestAcrossFiles(t *testing.T) {
+	r := startRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, w, out := r.runToExit(ctx, &berthv1.ContainerSpec{
+		Cmd: []string{"sh", "-c", "i=1; while [ $i -le 500 ]; do echo line-$i; i=$((i+1)); done"},
+		Log: &berthv1.LogConfig{MaxSizeBytes: 4000, MaxFiles: 3},
+	})
+	if w.ExitStatus != 0 {
+		t.Fatalf("exit %d", w.ExitStatus)
+	}
+	got, err := r.cc.GetContainer(ctx, &berthv1.GetContainerRequest{Id: c.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := got.Container.LogPath
+	for _, suffix := range []string{"", ".1", ".2"} {
+		fi, err := os.Stat(logPath + suffix)
+		if err != nil {
+			t.Fatalf("rotated file missing: %v", err)
+		}
+		if fi.Size() > 4000 {
+			t.Errorf("%s%s is %d bytes, over max size 4000", logPath, suffix, fi.Size())
+		}
+	}
+	if _, err := os.Stat(logPath + ".3"); err == nil {
+		t.Errorf("%s.3 kept with max files 3", logPath)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) < 50 || len(lines) >= 500 || lines[len(lines)-1] != "line-500" {
+		t.Fatalf("logs across rotated files: %d lines ending %q", len(lines), lines[len(lines)-1])
+	}
+	// A contiguous run of the newest lines, in order.
+	first := 501 - len(lines)
+	for i, l := range lines {
+		if want := "line-" + strconv.Itoa(first+i); l != want {
+			t.Fatalf("line %d is %q, want %q", i, l, want)
+		}
+	}
+	if tail, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id, Tail: 3}); tail != "line-498\nline-499\nline-500\n" {
+		t.Errorf("tail 3: %q", tail)
 	}
 }
