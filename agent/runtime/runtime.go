@@ -533,7 +533,18 @@ func (m *Manager) reconnectOne(dir string) Recovered {
 			}
 		}
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) {
+		// berthd died between starting the shim and recording it: the
+		// shim may be serving at its derived address. Stop it.
+		b := &shimv1.Bootstrap{Version: BootstrapVersion, Address: "unix://" + bundle.SocketPath(m.cfg.State, r.NS, r.ID)}
+		if t, derr := m.dial(r.NS, r.ID, dir, b); derr == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+			t.Shim.Shutdown(ctx, &shimv1.ShutdownRequest{Id: r.ID, Now: true})
+			cancel()
+			t.conn.Close()
+			waitGone(t.ShimPid, dialTimeout)
+		}
+	} else {
 		m.cfg.Log.Info("shim gone; cleaning up its task", "container", r.ID, "namespace", r.NS, "err", err)
 	}
 	r.Exit = recordedExit(dir)
@@ -592,6 +603,7 @@ type ShimError struct {
 	kind   error
 }
 
+// Error names the operation and gives the shim's message.
 func (e *ShimError) Error() string { return e.What + ": " + e.Status.Message() }
 
 // Unwrap gives the errdefs kind.
