@@ -88,6 +88,17 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		return nil, err
 	}
 	ns := namespaces.FromContext(ctx)
+	if old, err := s.a.runtime.Get(ns, c.Id); err == nil {
+		// Starting an exited container again (docker start): its old
+		// task has served its purpose once its init has exited.
+		st, serr := old.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id})
+		if serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED {
+			return nil, fmt.Errorf("container %s already has a task (%s): stop it first: %w", c.Id, st.GetStatus(), errdefs.ErrFailedPrecondition)
+		}
+		if _, err := s.a.runtime.Delete(ctx, ns, c.Id, false); err != nil {
+			return nil, err
+		}
+	}
 	var imgCfg *berthv1.ImageConfig
 	if img, err := s.a.db.Images().Get(ctx, c.GetSpec().GetImage()); err == nil {
 		imgCfg = img.GetConfig()

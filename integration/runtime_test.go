@@ -322,3 +322,26 @@ func TestAutoRemoveDeletesAfterExit(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestExitedContainerStartsAgain(t *testing.T) {
+	r := startRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, w, _ := r.runToExit(ctx, &berthv1.ContainerSpec{Cmd: []string{"sh", "-c", "echo run; exit 2"}})
+	if w.ExitStatus != 2 {
+		t.Fatalf("first run exit %d", w.ExitStatus)
+	}
+	// Its old task is still there (not deleted): starting again replaces it.
+	r.start(ctx, c.Id)
+	if w := r.wait(ctx, c.Id); w.ExitStatus != 2 {
+		t.Fatalf("second run exit %d", w.ExitStatus)
+	}
+	if out, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id}); out != "run\nrun\n" {
+		t.Errorf("log of two runs: %q", out)
+	}
+	// A running task is not replaced.
+	c = r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sleep", "60"}})
+	if _, err := r.tc.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: c.Id}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second task for a running container: %v, want FailedPrecondition", err)
+	}
+}
