@@ -458,7 +458,8 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	}
 	if err := up.Send(&shimv1.AttachRequest{Input: &shimv1.AttachRequest_Open{Open: &shimv1.AttachOpen{
-		Id: c.Id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr()}}}); err != nil {
+		Id: c.Id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr(),
+		Logs: open.GetLogs()}}}); err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	}
 	go func() {

@@ -275,3 +275,48 @@ func TestLogRotationKeepsNewestAcrossFiles(t *testing.T) {
 		t.Errorf("tail 3: %q", tail)
 	}
 }
+
+func TestAttachWithLogsReplaysThenStreams(t *testing.T) {
+	r := startRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sh", "-c", "echo one; echo two; read x; echo got-$x"}, OpenStdin: true})
+	waitForLog(t, r, ctx, c.Id, "one")
+	s, err := r.tc.Attach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&berthv1.AttachRequest{Input: &berthv1.AttachRequest_Open{Open: &berthv1.AttachOpen{
+		ContainerId: c.Id, Stdin: true, Stdout: true, Stderr: true, Logs: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	a := &attachment{s: s, out: make(chan string, 64), exit: make(chan *berthv1.WaitTaskResponse, 1), cancel: func() {}}
+	go func() {
+		defer close(a.out)
+		for {
+			resp, err := s.Recv()
+			if err != nil {
+				return
+			}
+			if d := resp.GetData(); d != nil {
+				a.out <- string(d.Data)
+			}
+			if e := resp.GetExit(); e != nil {
+				a.exit <- e
+				return
+			}
+		}
+	}()
+	got := a.expect(t, "two\n")
+	if got != "one\ntwo\n" {
+		t.Errorf("replay %q, want the log (one, two) first", got)
+	}
+	a.send(t, "x\n")
+	rest := a.expect(t, "got-x\n")
+	if rest != "got-x\n" {
+		t.Errorf("live output after the replay: %q, want only got-x", rest)
+	}
+	if e := a.waitExit(t); e.ExitStatus != 0 {
+		t.Errorf("exit %d", e.ExitStatus)
+	}
+}

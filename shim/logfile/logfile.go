@@ -186,6 +186,9 @@ func (l *LineWriter) emit(line []byte, partial bool) error {
 	return l.W.WriteRecord(l.Stream, line, partial)
 }
 
+// Pending returns the start of a line not yet written (no newline seen).
+func (l *LineWriter) Pending() []byte { return l.buf }
+
 // Flush writes a pending unterminated line as a P record.
 func (l *LineWriter) Flush() error {
 	if len(l.buf) == 0 {

@@ -51,9 +51,37 @@ func (f *fanout) unsubscribe(ch chan chunk) {
 	f.mu.Unlock()
 }
 
+// subscribeWith registers a client like subscribe, and runs replay under
+// the same lock that copyOutput holds while it writes the log and
+// publishes: what replay reads from the log is exactly what the client
+// will not receive live.
+func (f *fanout) subscribeWith(replay func()) chan chunk {
+	ch := make(chan chunk, 256)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	replay()
+	f.subs[ch] = struct{}{}
+	return ch
+}
+
+// write records c in the log (when there is one) and publishes it, as one
+// step with respect to subscribeWith.
+func (f *fanout) write(lw *logfile.LineWriter, c chunk) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lw != nil {
+		lw.Write(c.data)
+	}
+	f.publishLocked(c)
+}
+
 func (f *fanout) publish(c chunk) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.publishLocked(c)
+}
+
+func (f *fanout) publishLocked(c chunk) {
 	if f.keep && f.size+len(c.data) <= historyLimit {
 		f.history = append(f.history, c)
 		f.size += len(c.data)
@@ -74,15 +102,13 @@ func copyOutput(r *os.File, stream shimv1.OutputStream, lw *logfile.LineWriter, 
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			data := append([]byte(nil), buf[:n]...)
-			if lw != nil {
-				lw.Write(data)
-			}
-			out.publish(chunk{stream: stream, data: data})
+			out.write(lw, chunk{stream: stream, data: append([]byte(nil), buf[:n]...)})
 		}
 		if err != nil {
 			if lw != nil {
+				out.mu.Lock()
 				lw.Flush()
+				out.mu.Unlock()
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
 				// EIO from a pty master: the normal end of a terminal.

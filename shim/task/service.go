@@ -91,6 +91,10 @@ type proc struct {
 	outR    []*os.File     // read ends, closed after the copiers end
 	childIO []*os.File     // ends passed to the process, closed after start
 	logW    *logfile.Writer
+	// logPath and logFiles locate the init's log, for attach with logs.
+	logPath  string
+	logFiles int
+	lineW    []*logfile.LineWriter // stdout's, stderr's; set before sharing
 }
 
 // Service serves ShimService for one container.
@@ -324,6 +328,7 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		}
 	}()
 	if lo := req.GetLog(); lo.GetPath() != "" {
+		p.logPath, p.logFiles = lo.GetPath(), int(lo.GetMaxFiles())
 		if p.logW, err = logfile.Open(lo.GetPath(), lo.GetMaxSizeBytes(), int(lo.GetMaxFiles())); err != nil {
 			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
@@ -402,6 +407,7 @@ func (s *Service) startCopiers(p *proc) {
 		var lw *logfile.LineWriter
 		if p.logW != nil {
 			lw = &logfile.LineWriter{W: p.logW, Stream: names[i]}
+			p.lineW = append(p.lineW, lw)
 		}
 		p.ioWG.Add(1)
 		go func(r *os.File, stream shimv1.OutputStream) {
@@ -1027,7 +1033,26 @@ func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, s
 	if err != nil {
 		return err
 	}
-	ch, history := p.out.subscribe()
+	var ch chan chunk
+	var history []chunk
+	if open.GetLogs() && open.GetExecId() == "" && p.logPath != "" {
+		ch = p.out.subscribeWith(func() {
+			history = readLog(p.logPath, p.logFiles)
+			// Output already published but still short of a newline is
+			// not in the file yet.
+			for i, lw := range p.lineW {
+				if pend := lw.Pending(); len(pend) > 0 {
+					st := shimv1.OutputStream_OUTPUT_STREAM_STDOUT
+					if i == 1 {
+						st = shimv1.OutputStream_OUTPUT_STREAM_STDERR
+					}
+					history = append(history, chunk{stream: st, data: append([]byte(nil), pend...)})
+				}
+			}
+		})
+	} else {
+		ch, history = p.out.subscribe()
+	}
 	defer p.out.unsubscribe(ch)
 
 	// The input side: owned by this call, it ends when the stream does
@@ -1099,6 +1124,33 @@ func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, s
 			return nil
 		}
 	}
+}
+
+// readLog reads the log files (rotated ones first) back into output
+// chunks. A line's pieces are joined, and a complete line gets its
+// newline back.
+func readLog(path string, maxFiles int) []chunk {
+	var out []chunk
+	for _, name := range logfile.Files(path, maxFiles) {
+		f, err := os.Open(name)
+		if err != nil {
+			continue
+		}
+		logfile.ReadAll(f, func(r logfile.Record) error {
+			st := shimv1.OutputStream_OUTPUT_STREAM_STDOUT
+			if r.Stream == logfile.Stderr {
+				st = shimv1.OutputStream_OUTPUT_STREAM_STDERR
+			}
+			data := r.Content
+			if !r.Partial {
+				data = append(data, '\n')
+			}
+			out = append(out, chunk{stream: st, data: data})
+			return nil
+		})
+		f.Close()
+	}
+	return out
 }
 
 func closeAll(fs []*os.File) {
