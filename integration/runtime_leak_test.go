@@ -20,7 +20,7 @@ import (
 
 // footprint is what a run/rm cycle must give back.
 type footprint struct {
-	goroutines, fds, mounts, cgroups, sockets, shims, bundles, logDirs int
+	goroutines, fds, mounts, cgroups, sockets, shims, bundles, logDirs, snapshots int
 }
 
 func (r *rt) footprint(debugSock string) footprint {
@@ -45,6 +45,11 @@ func (r *rt) footprint(debugSock string) footprint {
 	f.bundles = len(bundles)
 	logs, _ := os.ReadDir(filepath.Join(r.d.root, "containers", "default"))
 	f.logDirs = len(logs)
+	// Snapshot directories of either driver (the image's layer stays).
+	for _, driver := range []string{"overlay", "native"} {
+		snaps, _ := os.ReadDir(filepath.Join(r.d.root, "snapshots", driver, "snapshots"))
+		f.snapshots += len(snaps)
+	}
 	return f
 }
 
@@ -152,7 +157,8 @@ func TestRunRemoveCyclesLeakNothing(t *testing.T) {
 	if after.goroutines > before.goroutines+2 || after.fds > before.fds {
 		t.Errorf("berthd grew: goroutines %d → %d, fds %d → %d", before.goroutines, after.goroutines, before.fds, after.fds)
 	}
-	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.bundles != 0 || after.logDirs != 0 {
+	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.bundles != 0 || after.logDirs != 0 ||
+		after.snapshots != before.snapshots || before.snapshots == 0 {
 		t.Errorf("left behind after %d cycles: %+v", cycles, after)
 	}
 }
