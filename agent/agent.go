@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -27,6 +30,7 @@ import (
 	"github.com/berth-dev/berth/agent/events"
 	"github.com/berth-dev/berth/agent/images"
 	"github.com/berth-dev/berth/agent/network"
+	"github.com/berth-dev/berth/agent/runtime"
 	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata"
@@ -62,6 +66,13 @@ type Agent struct {
 
 	listeners []net.Listener
 	closeOnce sync.Once
+
+	// runtime runs tasks through their shims.
+	runtime *runtime.Manager
+	// bg tracks background work (--rm removals) that Shutdown waits for.
+	bg sync.WaitGroup
+	// debug serves pprof when BERTH_DEBUG_SOCKET is set.
+	debug *http.Server
 }
 
 // New prepares an agent: it takes the root's lock, opens the metadata
@@ -149,6 +160,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 		health:      health.NewServer(),
 		start:       time.Now(),
 	}
+	a.runtime = runtime.New(runtime.Config{
+		State: cfg.State, ShimBinary: shimBinary(), Log: log.With("component", "runtime"),
+		OnEvent: a.onTaskEvent, ShimDebug: log.Enabled(context.Background(), slog.LevelDebug),
+	})
+	a.recoverTasks(context.Background())
 	a.server = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(a.unaryInterceptor),
 		grpc.ChainStreamInterceptor(a.streamInterceptor),
@@ -163,6 +179,45 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	healthpb.RegisterHealthServer(a.server, a.health)
 	reflection.Register(a.server)
 	return a, nil
+}
+
+// shimBinary finds berth-shim: beside berthd's executable, else on PATH.
+func shimBinary() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "berth-shim")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("berth-shim"); err == nil {
+		return p
+	}
+	return "berth-shim"
+}
+
+// DebugSocketEnv names the environment variable that, when set to a path,
+// makes berthd serve net/http/pprof on a Unix socket there (mode 0600):
+// /debug/pprof/goroutine?debug=1 gives the goroutine count that the leak
+// test checks. It is off by default.
+const DebugSocketEnv = "BERTH_DEBUG_SOCKET"
+
+func (a *Agent) serveDebug() {
+	path := os.Getenv(DebugSocketEnv)
+	if path == "" {
+		return
+	}
+	os.Remove(path)
+	old := unix.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	unix.Umask(old)
+	if err != nil {
+		a.log.Warn("debug socket", "path", path, "err", err)
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	a.debug = &http.Server{Handler: mux}
+	go a.debug.Serve(l)
 }
 
 // lockRoot takes an exclusive, non-blocking flock on <root>/berthd.lock and
@@ -235,6 +290,7 @@ func (a *Agent) Serve() error {
 	if len(a.listeners) == 0 {
 		return errors.New("serve: no listener")
 	}
+	a.serveDebug()
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, len(a.listeners))
 	for _, l := range a.listeners {
@@ -270,6 +326,12 @@ func (a *Agent) Shutdown(ctx context.Context) {
 			<-done
 		}
 		os.Remove(a.cfg.Address)
+		if a.debug != nil {
+			a.debug.Close()
+		}
+		a.bg.Wait()
+		// The shims keep running; the next berthd reconnects.
+		a.runtime.Close()
 		a.closeStores()
 		if err := a.db.Close(); err != nil {
 			a.log.Error("close metadata", "error", err)
@@ -285,6 +347,7 @@ func (a *Agent) Close() {
 		for _, l := range a.listeners {
 			l.Close()
 		}
+		a.runtime.Close()
 		a.closeStores()
 		a.db.Close()
 		a.lock.Close()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -12,6 +14,8 @@ import (
 
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata/identifiers"
+	"github.com/berth-dev/berth/metadata/namespaces"
+	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -50,6 +54,37 @@ func (s *containersService) CreateContainer(ctx context.Context, req *berthv1.Cr
 		if err := identifiers.Validate("name", c.Name); err != nil {
 			return nil, err
 		}
+	}
+	// The image must be here: its top layer is the rootfs's parent.
+	img, err := s.a.db.Images().Get(ctx, image)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("no such image: %s: pull it first: %w", familiarRef(image), errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ns := namespaces.FromContext(ctx)
+	c.Snapshotter, c.SnapshotKey, c.LogPath = s.a.snapshotter, c.Id, s.a.logPath(ns, c.Id)
+	// The rootfs snapshot first, the record after: a crash in between
+	// leaves an orphan snapshot for GC, never a record without a rootfs.
+	if _, err := s.a.snapshots.Prepare(ctx, c.SnapshotKey, img.GetChainId()); err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("container id %s is in use (its rootfs snapshot exists): %w", c.Id, errdefs.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("prepare the rootfs of %s from %s: %w", c.Id, familiarRef(image), err)
+	}
+	created := false
+	defer func() {
+		if !created {
+			if err := s.a.snapshots.Remove(context.WithoutCancel(ctx), c.SnapshotKey); err != nil {
+				s.a.log.Warn("remove rootfs of a container not created", "container", c.Id, "err", err)
+			}
+		}
+	}()
+	if c.Name != "" {
+		if err := identifiers.Validate("name", c.Name); err != nil {
+			return nil, err
+		}
 		created, err := s.a.db.Containers().Create(ctx, c)
 		if err != nil {
 			return nil, err
@@ -73,6 +108,7 @@ func (s *containersService) CreateContainer(ctx context.Context, req *berthv1.Cr
 			}
 		}
 	}
+	created = true
 	s.a.events.Publish(ctx, "/containers/create", c.Id, map[string]string{"name": c.Name, "image": familiarRef(c.Spec.Image)})
 	return &berthv1.CreateContainerResponse{Container: c}, nil
 }
@@ -212,11 +248,47 @@ func (s *containersService) DeleteContainer(ctx context.Context, req *berthv1.De
 	if err != nil {
 		return nil, fieldErr("id", err)
 	}
-	if err := s.a.db.Containers().Delete(ctx, c.Id); err != nil {
+	if err := s.a.removeContainer(ctx, c.Id, req.GetForce()); err != nil {
 		return nil, err
 	}
-	s.a.events.Publish(ctx, "/containers/delete", c.Id, map[string]string{"name": c.Name})
 	return &berthv1.DeleteContainerResponse{}, nil
+}
+
+// removeContainer deletes a container: it refuses one with a live task
+// unless force (which kills it), then removes the record first, then the
+// task (shim, cgroup, rootfs mount, bundle), the snapshot and the logs. A
+// crash part-way leaves files no record points to, for GC.
+func (a *Agent) removeContainer(ctx context.Context, id string, force bool) error {
+	c, err := a.db.Containers().Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	ns := namespaces.FromContext(ctx)
+	if t, err := a.runtime.Get(ns, id); err == nil {
+		st, serr := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
+		live := serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED
+		if live && !force {
+			return fmt.Errorf("container %s is running: stop it first, or remove it with force: %w", c.Name, errdefs.ErrFailedPrecondition)
+		}
+	}
+	if err := a.db.Containers().Delete(ctx, id); err != nil {
+		return err
+	}
+	if _, err := a.runtime.Get(ns, id); err == nil {
+		if _, err := a.runtime.Delete(ctx, ns, id, true); err != nil {
+			a.log.Warn("delete the task of a removed container", "container", id, "err", err)
+		}
+	}
+	if c.GetSnapshotKey() != "" {
+		if err := a.snapshots.Remove(ctx, c.GetSnapshotKey()); err != nil && !errdefs.IsNotFound(err) {
+			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Dir(a.logPath(ns, id))); err != nil {
+		a.log.Warn("remove the logs of a removed container", "container", id, "err", err)
+	}
+	a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
+	return nil
 }
 
 func (s *containersService) CommitContainer(context.Context, *berthv1.CommitContainerRequest) (*berthv1.CommitContainerResponse, error) {

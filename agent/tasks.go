@@ -1,12 +1,715 @@
 package agent
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/berth-dev/berth/agent/oci"
+	"github.com/berth-dev/berth/agent/runtime"
+	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/metadata/identifiers"
+	"github.com/berth-dev/berth/metadata/namespaces"
+	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
-// tasksService serves TasksService. Until the shim and runtime issue lands
-// every method answers Unimplemented, from the embedded generated type.
+// tasksService serves TasksService over the runtime manager.
 type tasksService struct {
 	berthv1.UnimplementedTasksServiceServer
 	a *Agent
+}
+
+// defaultStopTimeout is Docker's: SIGKILL 10 s after the stop signal.
+const defaultStopTimeout = 10 * time.Second
+
+// logPath is where a container's log file lives:
+// <root>/containers/<ns>/<id>/<id>.log.
+func (a *Agent) logPath(ns, id string) string {
+	return filepath.Join(a.cfg.Root, "containers", ns, id, id+".log")
+}
+
+func (s *tasksService) container(ctx context.Context, ref string) (*berthv1.Container, error) {
+	c, err := s.a.db.Containers().Resolve(ctx, ref)
+	if err != nil {
+		return nil, fieldErr("container_id", err)
+	}
+	return c, nil
+}
+
+func (s *tasksService) task(ctx context.Context, ref string) (*berthv1.Container, *runtime.Task, error) {
+	c, err := s.container(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := s.a.runtime.Get(namespaces.FromContext(ctx), c.Id)
+	if err != nil {
+		return c, nil, err
+	}
+	return c, t, nil
+}
+
+// setStatus updates the container's status with fn, read-modify-write.
+func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus)) (*berthv1.Container, error) {
+	c, err := a.db.Containers().Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st := proto.Clone(c.GetStatus()).(*berthv1.ContainerStatus)
+	if st == nil {
+		st = &berthv1.ContainerStatus{}
+	}
+	fn(st)
+	c.Status = st
+	return a.db.Containers().Update(ctx, c, "status")
+}
+
+func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRequest) (*berthv1.CreateTaskResponse, error) {
+	c, err := s.container(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	ns := namespaces.FromContext(ctx)
+	if old, err := s.a.runtime.Get(ns, c.Id); err == nil {
+		// Starting an exited container again (docker start): its old
+		// task has served its purpose once its init has exited.
+		st, serr := old.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id})
+		if serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED {
+			return nil, fmt.Errorf("container %s already has a task (%s): stop it first: %w", c.Id, st.GetStatus(), errdefs.ErrFailedPrecondition)
+		}
+		if _, err := s.a.runtime.Delete(ctx, ns, c.Id, false); err != nil {
+			return nil, err
+		}
+	}
+	var imgCfg *berthv1.ImageConfig
+	if img, err := s.a.db.Images().Get(ctx, c.GetSpec().GetImage()); err == nil {
+		imgCfg = img.GetConfig()
+	} else if !errdefs.IsNotFound(err) {
+		return nil, err
+	}
+	mounts, err := s.a.snapshots.Mounts(ctx, c.GetSnapshotKey())
+	if err != nil {
+		return nil, fmt.Errorf("rootfs of container %s (snapshot %q): %w", c.Id, c.GetSnapshotKey(), err)
+	}
+	logPath := c.GetLogPath()
+	if logPath == "" {
+		logPath = s.a.logPath(ns, c.Id)
+	}
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
+		return nil, fmt.Errorf("log dir of %s: %w", c.Id, err)
+	}
+	maxSize, maxFiles := s.a.cfg.Logs.MaxSize, s.a.cfg.Logs.MaxFiles
+	if l := c.GetSpec().GetLog(); l != nil {
+		if l.GetMaxSizeBytes() != 0 {
+			maxSize = l.GetMaxSizeBytes()
+		}
+		if l.GetMaxFiles() > 0 {
+			maxFiles = int(l.GetMaxFiles())
+		}
+	}
+	t, err := s.a.runtime.Create(ctx, runtime.CreateOpts{
+		NS: ns, ID: c.Id, Rootfs: mounts,
+		Spec: func(rootfs string) (*specs.Spec, error) {
+			return oci.Generate(ctx, oci.Input{ID: c.Id, Spec: c.GetSpec(), Image: imgCfg, Rootfs: rootfs,
+				CgroupParent: s.a.cfg.CgroupParent, Logger: s.a.log})
+		},
+		Terminal: c.GetSpec().GetTty(), Stdin: c.GetSpec().GetOpenStdin(),
+		Log:          &shimv1.LogOptions{Path: logPath, MaxSizeBytes: maxSize, MaxFiles: int32(maxFiles)},
+		CgroupParent: s.a.cfg.CgroupParent,
+	})
+	if err != nil {
+		if code, ok := runtime.ExitCodeOf(err); ok {
+			// Docker keeps such a container, created, with the shell's
+			// code, so `ps -a` and `inspect` tell what went wrong.
+			s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+				st.State, st.ExitCode, st.Error = berthv1.ContainerState_CONTAINER_STATE_CREATED, int32(code), err.Error()
+			})
+			return nil, fmt.Errorf("%w (exit code %d)", err, code)
+		}
+		return nil, err
+	}
+	pid := uint32(0)
+	if st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id}); err == nil {
+		pid = st.GetPid()
+	}
+	if c.GetLogPath() != logPath {
+		c.LogPath = logPath
+		s.a.db.Containers().Update(ctx, c, "log_path")
+	}
+	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+		st.State, st.Pid, st.ExitCode, st.Error, st.OomKilled, st.FinishedAt, st.StoppedByUser =
+			berthv1.ContainerState_CONTAINER_STATE_CREATED, pid, 0, "", false, nil, false
+	})
+	s.a.events.Publish(ctx, "/tasks/create", c.Id, map[string]string{"pid": strconv.Itoa(int(pid))})
+	return &berthv1.CreateTaskResponse{Pid: pid}, nil
+}
+
+func (s *tasksService) StartTask(ctx context.Context, req *berthv1.StartTaskRequest) (*berthv1.StartTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.Shim.Start(ctx, &shimv1.StartRequest{Id: c.Id, ExecId: req.GetExecId()})
+	if err != nil {
+		err = runtime.FromShim(err, "start "+describe(c.Id, req.GetExecId()))
+		if code, ok := runtime.ExitCodeOf(err); ok {
+			if req.GetExecId() == "" {
+				s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.ExitCode, st.Error = int32(code), err.Error() })
+			}
+			return nil, fmt.Errorf("%w (exit code %d)", err, code)
+		}
+		return nil, err
+	}
+	if req.GetExecId() == "" {
+		s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+			// A fast process may have exited, and its exit been recorded,
+			// before we get here: never turn EXITED back into RUNNING.
+			if st.State == berthv1.ContainerState_CONTAINER_STATE_CREATED {
+				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, resp.GetPid()
+			}
+			if st.StartedAt == nil || st.State == berthv1.ContainerState_CONTAINER_STATE_RUNNING {
+				st.StartedAt = timestamppb.Now()
+			}
+		})
+	}
+	return &berthv1.StartTaskResponse{Pid: resp.GetPid()}, nil
+}
+
+func describe(id, execID string) string {
+	if execID == "" {
+		return "container " + id
+	}
+	return "exec " + execID + " in container " + id
+}
+
+func (s *tasksService) GetTask(ctx context.Context, req *berthv1.GetTaskRequest) (*berthv1.GetTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id, ExecId: req.GetExecId()})
+	if err != nil {
+		return nil, runtime.FromShim(err, "state of "+describe(c.Id, req.GetExecId()))
+	}
+	return &berthv1.GetTaskResponse{Task: &berthv1.Task{ContainerId: c.Id, ExecId: req.GetExecId(), Pid: st.GetPid(),
+		Status: berthv1.TaskStatus(st.GetStatus()), ExitStatus: st.GetExitStatus(), ExitedAt: st.GetExitedAt(),
+		OomKilled: st.GetOomKilled(), Terminal: st.GetTerminal()}}, nil
+}
+
+// parseSignal accepts "9", "KILL" and "SIGKILL".
+func parseSignal(v string) (unix.Signal, error) {
+	if v == "" {
+		return unix.SIGKILL, nil
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("signal %d is out of range 1-64: %w", n, errdefs.ErrInvalidArgument)
+		}
+		return unix.Signal(n), nil
+	}
+	name := strings.ToUpper(v)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q (use a name such as TERM or a number): %w", v, errdefs.ErrInvalidArgument)
+}
+
+func (s *tasksService) KillTask(ctx context.Context, req *berthv1.KillTaskRequest) (*berthv1.KillTaskResponse, error) {
+	sig, err := parseSignal(req.GetSignal())
+	if err != nil {
+		return nil, err
+	}
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetExecId() == "" {
+		s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.StoppedByUser = true })
+	}
+	if _, err := t.Shim.Kill(ctx, &shimv1.KillRequest{Id: c.Id, ExecId: req.GetExecId(), Signal: uint32(sig), All: req.GetAll()}); err != nil {
+		return nil, runtime.FromShim(err, "kill "+describe(c.Id, req.GetExecId()))
+	}
+	return &berthv1.KillTaskResponse{}, nil
+}
+
+func (s *tasksService) StopTask(ctx context.Context, req *berthv1.StopTaskRequest) (*berthv1.StopTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	var imgCfg *berthv1.ImageConfig
+	if img, err := s.a.db.Images().Get(ctx, c.GetSpec().GetImage()); err == nil {
+		imgCfg = img.GetConfig()
+	}
+	sig, err := oci.StopSignal(c.GetSpec(), imgCfg)
+	if err != nil {
+		return nil, err
+	}
+	timeout := defaultStopTimeout
+	if n := c.GetSpec().GetStopTimeoutSeconds(); n > 0 {
+		timeout = time.Duration(n) * time.Second
+	}
+	if n := req.GetTimeoutSeconds(); n >= 0 {
+		timeout = time.Duration(n) * time.Second
+	}
+	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.StoppedByUser = true })
+	if _, err := t.Shim.Kill(ctx, &shimv1.KillRequest{Id: c.Id, Signal: uint32(sig)}); err != nil && !errdefs.IsNotFound(runtime.FromShim(err, "")) {
+		return nil, runtime.FromShim(err, "stop container "+c.Id)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	w, err := t.Shim.Wait(wctx, &shimv1.WaitRequest{Id: c.Id})
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		s.a.log.Info("stop timed out; killing", "container", c.Id, "signal", sig, "timeout", timeout)
+		t.Shim.Kill(ctx, &shimv1.KillRequest{Id: c.Id, Signal: uint32(unix.SIGKILL), All: true})
+		w, err = t.Shim.Wait(ctx, &shimv1.WaitRequest{Id: c.Id})
+	}
+	if err != nil {
+		return nil, runtime.FromShim(err, "stop container "+c.Id)
+	}
+	return &berthv1.StopTaskResponse{ExitStatus: w.GetExitStatus()}, nil
+}
+
+func (s *tasksService) WaitTask(ctx context.Context, req *berthv1.WaitTaskRequest) (*berthv1.WaitTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if errdefs.IsNotFound(err) && c != nil && req.GetExecId() == "" &&
+		c.GetStatus().GetState() == berthv1.ContainerState_CONTAINER_STATE_EXITED {
+		// The task is gone already (deleted, or berthd restarted after the
+		// shim did): the record has the exit.
+		st := c.GetStatus()
+		return &berthv1.WaitTaskResponse{ExitStatus: uint32(st.GetExitCode()), ExitedAt: st.GetFinishedAt(), OomKilled: st.GetOomKilled()}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	w, err := t.Shim.Wait(ctx, &shimv1.WaitRequest{Id: c.Id, ExecId: req.GetExecId()})
+	if err != nil {
+		return nil, runtime.FromShim(err, "wait for "+describe(c.Id, req.GetExecId()))
+	}
+	if req.GetExecId() == "" {
+		// The exit event may still be on its way: record the exit here
+		// too, so a client that waited then reads the status sees it.
+		s.a.recordExit(ctx, c.Id, w.GetExitStatus(), w.GetExitedAt(), w.GetOomKilled())
+	}
+	return &berthv1.WaitTaskResponse{ExitStatus: w.GetExitStatus(), ExitedAt: w.GetExitedAt(), OomKilled: w.GetOomKilled()}, nil
+}
+
+func (s *tasksService) DeleteTask(ctx context.Context, req *berthv1.DeleteTaskRequest) (*berthv1.DeleteTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetExecId() != "" {
+		d, err := t.Shim.Delete(ctx, &shimv1.DeleteRequest{Id: c.Id, ExecId: req.GetExecId()})
+		if err != nil {
+			return nil, runtime.FromShim(err, "delete "+describe(c.Id, req.GetExecId()))
+		}
+		return &berthv1.DeleteTaskResponse{ExitStatus: d.GetExitStatus(), ExitedAt: d.GetExitedAt()}, nil
+	}
+	d, err := s.a.runtime.Delete(ctx, namespaces.FromContext(ctx), c.Id, req.GetForce())
+	if err != nil {
+		return nil, err
+	}
+	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+		if st.State != berthv1.ContainerState_CONTAINER_STATE_EXITED {
+			st.State, st.ExitCode, st.FinishedAt = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(d.GetExitStatus()), d.GetExitedAt()
+		}
+		st.Pid = 0
+	})
+	s.a.events.Publish(ctx, "/tasks/delete", c.Id, map[string]string{"exit_code": strconv.Itoa(int(d.GetExitStatus()))})
+	return &berthv1.DeleteTaskResponse{ExitStatus: d.GetExitStatus(), ExitedAt: d.GetExitedAt()}, nil
+}
+
+func newExecID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (s *tasksService) Exec(ctx context.Context, req *berthv1.ExecRequest) (*berthv1.ExecResponse, error) {
+	ps := req.GetProcess()
+	if len(ps.GetArgs()) == 0 {
+		return nil, fmt.Errorf("process.args: give the command to run: %w", errdefs.ErrInvalidArgument)
+	}
+	execID := req.GetExecId()
+	if execID == "" {
+		execID = newExecID()
+	} else if err := identifiers.Validate("exec_id", execID); err != nil {
+		return nil, err
+	}
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	spec, err := oci.ReadSpec(t.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	// The init's process is the template: same capabilities, rlimits,
+	// no_new_privs and user unless the request says otherwise.
+	p := *spec.Process
+	p.Args = ps.GetArgs()
+	p.Env = append(append([]string(nil), p.Env...), ps.GetEnv()...)
+	p.Terminal = ps.GetTerminal()
+	if ps.GetCwd() != "" {
+		p.Cwd = ps.GetCwd()
+	}
+	if sz := ps.GetConsoleSize(); sz != nil && sz.GetWidth() > 0 {
+		p.ConsoleSize = &specs.Box{Width: uint(sz.GetWidth()), Height: uint(sz.GetHeight())}
+	}
+	if ps.GetPrivileged() {
+		// Refused rather than ignored: the caller asked for more than it
+		// would get.
+		return nil, fmt.Errorf("process.privileged: privileged exec is not supported yet: %w", errdefs.ErrNotImplemented)
+	}
+	if u := ps.GetUser(); u != "" {
+		uid, gid, ok := numericUser(u)
+		if !ok {
+			return nil, fmt.Errorf("process.user %q: exec takes a numeric uid[:gid]: %w", u, errdefs.ErrInvalidArgument)
+		}
+		p.User = specs.User{UID: uid, GID: gid}
+	}
+	data, err := json.Marshal(&p)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.Shim.Exec(ctx, &shimv1.ExecRequest{Id: c.Id, ExecId: execID, Terminal: ps.GetTerminal(), Stdin: ps.GetStdin(), Process: data}); err != nil {
+		return nil, runtime.FromShim(err, "exec in container "+c.Id)
+	}
+	s.a.events.Publish(ctx, "/tasks/exec-added", c.Id, map[string]string{"exec_id": execID})
+	return &berthv1.ExecResponse{ExecId: execID}, nil
+}
+
+func numericUser(u string) (uint32, uint32, bool) {
+	us, gs, hasG := strings.Cut(u, ":")
+	uid, err := strconv.ParseUint(us, 10, 32)
+	if err != nil {
+		return 0, 0, false
+	}
+	gid := uid
+	if hasG {
+		if gid, err = strconv.ParseUint(gs, 10, 32); err != nil {
+			return 0, 0, false
+		}
+	}
+	return uint32(uid), uint32(gid), true
+}
+
+func (s *tasksService) ResizePty(ctx context.Context, req *berthv1.ResizePtyRequest) (*berthv1.ResizePtyResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.Shim.ResizePty(ctx, &shimv1.ResizePtyRequest{Id: c.Id, ExecId: req.GetExecId(),
+		Width: req.GetSize().GetWidth(), Height: req.GetSize().GetHeight()}); err != nil {
+		return nil, runtime.FromShim(err, "resize the terminal of "+describe(c.Id, req.GetExecId()))
+	}
+	return &berthv1.ResizePtyResponse{}, nil
+}
+
+func (s *tasksService) CloseStdin(ctx context.Context, req *berthv1.CloseStdinRequest) (*berthv1.CloseStdinResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.Shim.CloseIO(ctx, &shimv1.CloseIORequest{Id: c.Id, ExecId: req.GetExecId(), Stdin: true}); err != nil {
+		return nil, runtime.FromShim(err, "close stdin of "+describe(c.Id, req.GetExecId()))
+	}
+	return &berthv1.CloseStdinResponse{}, nil
+}
+
+// Attach relays between the client and the shim's Attach stream. The
+// input goroutine is owned by this call: it ends when the client's
+// stream ends or when the shim stream is closed by our return.
+func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	open := first.GetOpen()
+	if open == nil {
+		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
+	}
+	c, t, err := s.task(ctx, open.GetContainerId())
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	up, err := t.Shim.Attach(sctx)
+	if err != nil {
+		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	}
+	if err := up.Send(&shimv1.AttachRequest{Input: &shimv1.AttachRequest_Open{Open: &shimv1.AttachOpen{
+		Id: c.Id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr(),
+		Logs: open.GetLogs()}}}); err != nil {
+		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	}
+	go func() {
+		for {
+			in, err := stream.Recv()
+			if err != nil {
+				// The client went away or half-closed: output keeps going
+				// to the log; stop relaying input.
+				up.CloseSend()
+				return
+			}
+			var out *shimv1.AttachRequest
+			switch v := in.GetInput().(type) {
+			case *berthv1.AttachRequest_Stdin:
+				out = &shimv1.AttachRequest{Input: &shimv1.AttachRequest_Stdin{Stdin: v.Stdin}}
+			case *berthv1.AttachRequest_Resize:
+				out = &shimv1.AttachRequest{Input: &shimv1.AttachRequest_Resize{Resize: &shimv1.ResizePtyRequest{
+					Id: c.Id, ExecId: open.GetExecId(), Width: v.Resize.GetWidth(), Height: v.Resize.GetHeight()}}}
+			case *berthv1.AttachRequest_CloseStdin:
+				out = &shimv1.AttachRequest{Input: &shimv1.AttachRequest_CloseStdin{CloseStdin: v.CloseStdin}}
+			default:
+				continue
+			}
+			if err := up.Send(out); err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		msg, err := up.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+		}
+		var resp *berthv1.AttachResponse
+		switch v := msg.GetOutput().(type) {
+		case *shimv1.AttachResponse_Data:
+			resp = &berthv1.AttachResponse{Output: &berthv1.AttachResponse_Data{Data: &berthv1.Output{
+				Stream: berthv1.Stream(v.Data.GetStream()), Data: v.Data.GetData()}}}
+		case *shimv1.AttachResponse_Exit:
+			resp = &berthv1.AttachResponse{Output: &berthv1.AttachResponse_Exit{Exit: &berthv1.WaitTaskResponse{
+				ExitStatus: v.Exit.GetExitStatus(), ExitedAt: v.Exit.GetExitedAt(), OomKilled: v.Exit.GetOomKilled()}}}
+		default:
+			continue
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		if _, ok := msg.GetOutput().(*shimv1.AttachResponse_Exit); ok {
+			return nil
+		}
+	}
+}
+
+func (s *tasksService) PauseTask(ctx context.Context, req *berthv1.PauseTaskRequest) (*berthv1.PauseTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.Shim.Pause(ctx, &shimv1.PauseRequest{Id: c.Id}); err != nil {
+		return nil, runtime.FromShim(err, "pause container "+c.Id)
+	}
+	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.State = berthv1.ContainerState_CONTAINER_STATE_PAUSED })
+	return &berthv1.PauseTaskResponse{}, nil
+}
+
+func (s *tasksService) ResumeTask(ctx context.Context, req *berthv1.ResumeTaskRequest) (*berthv1.ResumeTaskResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.Shim.Resume(ctx, &shimv1.ResumeRequest{Id: c.Id}); err != nil {
+		return nil, runtime.FromShim(err, "resume container "+c.Id)
+	}
+	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+		if st.State == berthv1.ContainerState_CONTAINER_STATE_PAUSED {
+			st.State = berthv1.ContainerState_CONTAINER_STATE_RUNNING
+		}
+	})
+	return &berthv1.ResumeTaskResponse{}, nil
+}
+
+func (s *tasksService) Stats(ctx context.Context, req *berthv1.StatsRequest) (*berthv1.StatsResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	st, err := t.Shim.Stats(ctx, &shimv1.StatsRequest{Id: c.Id})
+	if err != nil {
+		return nil, runtime.FromShim(err, "stats of container "+c.Id)
+	}
+	return &berthv1.StatsResponse{
+		Timestamp: st.GetTimestamp(),
+		Cpu: &berthv1.CPUStats{UsageTotalNs: st.GetCpuUsageTotalNs(), UsageUserNs: st.GetCpuUsageUserNs(),
+			UsageKernelNs: st.GetCpuUsageKernelNs(), ThrottledPeriods: st.GetCpuThrottledPeriods(),
+			ThrottledTimeNs: st.GetCpuThrottledTimeNs(), OnlineCpus: uint32(onlineCPUs())},
+		Memory: &berthv1.MemoryStats{UsageBytes: st.GetMemoryUsageBytes(), LimitBytes: st.GetMemoryLimitBytes(),
+			MaxUsageBytes: st.GetMemoryMaxUsageBytes(), CacheBytes: st.GetMemoryCacheBytes(), RssBytes: st.GetMemoryRssBytes(),
+			SwapBytes: st.GetMemorySwapBytes(), OomEvents: st.GetMemoryOomEvents()},
+		Pids: &berthv1.PidsStats{Current: st.GetPidsCurrent(), Limit: st.GetPidsLimit()},
+		Io:   &berthv1.IOStats{ReadBytes: st.GetIoReadBytes(), WriteBytes: st.GetIoWriteBytes()},
+	}, nil
+}
+
+func onlineCPUs() int {
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) == nil {
+		return set.Count()
+	}
+	return 1
+}
+
+func (s *tasksService) ListPids(ctx context.Context, req *berthv1.ListPidsRequest) (*berthv1.ListPidsResponse, error) {
+	c, t, err := s.task(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.Shim.Pids(ctx, &shimv1.PidsRequest{Id: c.Id})
+	if err != nil {
+		return nil, runtime.FromShim(err, "processes of container "+c.Id)
+	}
+	out := &berthv1.ListPidsResponse{}
+	for _, p := range resp.GetProcesses() {
+		info := &berthv1.ProcessInfo{Pid: p.GetPid(), ExecId: p.GetExecId()}
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.GetPid())); err == nil {
+			// comm is in parentheses and may hold spaces: split after ")".
+			if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
+				if open := strings.IndexByte(string(stat), '('); open >= 0 {
+					info.Command = string(stat[open+1 : i])
+				}
+				f := strings.Fields(string(stat[i+1:]))
+				if len(f) > 1 {
+					pp, _ := strconv.Atoi(f[1])
+					info.Ppid = uint32(pp)
+				}
+			}
+		}
+		var st unix.Stat_t
+		if unix.Stat(fmt.Sprintf("/proc/%d", p.GetPid()), &st) == nil {
+			info.Uid = st.Uid
+		}
+		out.Processes = append(out.Processes, info)
+	}
+	return out, nil
+}
+
+// onTaskEvent turns a shim's event into the container's status and a
+// public event. It runs on the task's event goroutine and must be
+// idempotent: after a berthd restart unacknowledged events come again.
+func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	attrs := map[string]string{}
+	if ev.GetExecId() != "" {
+		attrs["exec_id"] = ev.GetExecId()
+	}
+	if ev.GetPid() != 0 {
+		attrs["pid"] = strconv.Itoa(int(ev.GetPid()))
+	}
+	switch ev.GetTopic() {
+	case "/tasks/exit":
+		attrs["exit_code"] = strconv.Itoa(int(ev.GetExitStatus()))
+		if ev.GetExecId() != "" {
+			break
+		}
+		c, err := a.recordExit(ctx, id, ev.GetExitStatus(), ev.GetExitedAt(), ev.GetOomKilled())
+		if errdefs.IsNotFound(err) {
+			// Removed with force while running: the record went first.
+			a.log.Debug("exit of a removed container", "container", id)
+			return
+		}
+		if err != nil {
+			a.log.Warn("record exit", "container", id, "err", err)
+			return
+		}
+		if ev.GetOomKilled() {
+			attrs["oom_killed"] = "true"
+		}
+		if c.GetSpec().GetAutoRemove() {
+			// Not here: Delete stops this very goroutine's stream.
+			a.bg.Add(1)
+			go func() {
+				defer a.bg.Done()
+				a.autoRemove(ctx, id)
+			}()
+		}
+	case "/tasks/start":
+		a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
+			if st.State != berthv1.ContainerState_CONTAINER_STATE_EXITED {
+				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, ev.GetPid()
+				if st.StartedAt == nil {
+					st.StartedAt = ev.GetTimestamp()
+				}
+			}
+		})
+	case "/tasks/oom":
+		a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) { st.OomKilled = true })
+	}
+	a.events.Publish(ctx, ev.GetTopic(), id, attrs)
+}
+
+// recordExit puts an init's exit into the container's status. It is
+// idempotent: the exit event, a Wait and a replay after reconnect all
+// record the same exit.
+func (a *Agent) recordExit(ctx context.Context, id string, code uint32, at *timestamppb.Timestamp, oom bool) (*berthv1.Container, error) {
+	return a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
+		st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(code), at, 0
+		st.OomKilled = st.OomKilled || oom
+	})
+}
+
+// autoRemove deletes a --rm container after its task exited.
+func (a *Agent) autoRemove(ctx context.Context, id string) {
+	if err := a.removeContainer(ctx, id, true); err != nil && !errdefs.IsNotFound(err) {
+		a.log.Warn("remove --rm container", "container", id, "err", err)
+	}
+}
+
+// recover reconnects to the shims that outlived the last berthd and
+// settles the containers whose shims are gone.
+func (a *Agent) recoverTasks(ctx context.Context) {
+	start := time.Now()
+	recs := a.runtime.Reconnect(ctx)
+	alive := map[string]bool{}
+	for _, r := range recs {
+		alive[r.NS+"/"+r.ID] = r.Alive
+		if !r.Alive && r.Exit != nil {
+			a.onTaskEvent(r.NS, r.ID, r.Exit)
+		}
+	}
+	// Containers the records call live but that have no bundle at all (a
+	// reboot wiped the state dir) did exit; their code is unknown.
+	nss, _ := a.db.Namespaces().List(ctx)
+	for _, n := range nss {
+		nctx := namespaces.WithNamespace(ctx, n.GetName())
+		list, _ := a.db.Containers().List(nctx, nil)
+		for _, c := range list {
+			switch c.GetStatus().GetState() {
+			case berthv1.ContainerState_CONTAINER_STATE_RUNNING, berthv1.ContainerState_CONTAINER_STATE_PAUSED:
+			default:
+				continue
+			}
+			if _, ok := alive[n.GetName()+"/"+c.Id]; ok {
+				continue
+			}
+			a.setStatus(nctx, c.Id, func(st *berthv1.ContainerStatus) {
+				st.State, st.ExitCode, st.Pid, st.FinishedAt = berthv1.ContainerState_CONTAINER_STATE_EXITED, 255, 0, timestamppb.Now()
+				st.Error = "the task was gone when berthd started (host reboot?)"
+			})
+		}
+	}
+	a.log.Info("reconnected to shims", "bundles", len(recs), "took", time.Since(start).Round(time.Millisecond))
 }

@@ -85,6 +85,8 @@ func TestSocketIsGroupOnly(t *testing.T) {
 func TestRecordsSurviveRestart(t *testing.T) {
 	d := startDaemon(t)
 	d.mustCtl("namespace", "create", "team", "--label", "owner=ops")
+	// A container needs its image present (its rootfs is made from it).
+	seedBusybox(t, d, "team")
 	ctx := context.Background()
 	cc := berthv1.NewContainersServiceClient(d.conn())
 	created, err := cc.CreateContainer(inNamespace(ctx, "team"), &berthv1.CreateContainerRequest{

@@ -60,7 +60,7 @@ func runMain(m *testing.M) int {
 
 // daemon is one berthd under test.
 type daemon struct {
-	t       *testing.T
+	t       testing.TB
 	root    string
 	state   string
 	socket  string
@@ -105,7 +105,7 @@ func withConfig(toml string) daemonOption {
 // newDaemon prepares (but does not start) a berthd with private dirs. The
 // state dir lives under /tmp with a short name: a socket path must fit in
 // sun_path's 108 bytes.
-func newDaemon(t *testing.T, opts ...daemonOption) *daemon {
+func newDaemon(t testing.TB, opts ...daemonOption) *daemon {
 	t.Helper()
 	base, err := os.MkdirTemp("", "berth-it-")
 	if err != nil {
@@ -131,7 +131,7 @@ func newDaemon(t *testing.T, opts ...daemonOption) *daemon {
 }
 
 // startDaemon starts a berthd and waits until it answers.
-func startDaemon(t *testing.T, opts ...daemonOption) *daemon {
+func startDaemon(t testing.TB, opts ...daemonOption) *daemon {
 	d := newDaemon(t, opts...)
 	d.start()
 	return d

@@ -2,22 +2,217 @@
 // container's namespaces, cgroup and stdio and outlives berthd restarts.
 // berthd starts it; it is not meant to be run by hand.
 //
-// This release carries the binary and its version handshake only; the
-// shim service lands with the shim and runtime issue.
+// # Start protocol (bootstrap version 1)
+//
+// berthd runs, with the bundle as working directory:
+//
+//	berth-shim start --id ID --namespace NS --bundle DIR --state STATE
+//
+// start binds the socket STATE/s/<hash>.sock (package shim/bundle names
+// it), re-executes itself as `berth-shim serve …` in a new session with
+// the listener as fd 3, stdin and stdout on /dev/null and stderr appended
+// to DIR/shim.log, so nothing ties it to berthd. It then prints one line
+// of protobuf JSON, a berth.shim.v1.Bootstrap with version 1, the address
+// and the long-lived shim's pid, and exits 0. Any failure exits non-zero
+// with the reason on stderr. berthd records the line as DIR/bootstrap.json.
+//
+// serve is a child subreaper (exec'd processes are reparented to it),
+// serves ShimService on fd 3, and exits after a Shutdown call, removing
+// its socket.
 package main
 
 import (
+	"context"
+	"flag"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/berth-dev/berth/metadata/identifiers"
+	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
+	"github.com/berth-dev/berth/shim/bundle"
+	"github.com/berth-dev/berth/shim/container"
+	"github.com/berth-dev/berth/shim/task"
 	"github.com/berth-dev/berth/version"
 )
 
+// BootstrapVersion is the version of the start protocol this shim speaks.
+const BootstrapVersion = 1
+
 func main() {
+	if container.IsInit() {
+		container.Init() // never returns
+	}
 	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "version") {
 		fmt.Printf("berth-shim %s (%s)\n", version.Version, version.GitCommit)
 		return
 	}
-	fmt.Fprintln(os.Stderr, "berth-shim: started by berthd, not by hand; this build serves no tasks yet")
-	os.Exit(2)
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "berth-shim: started by berthd (berth-shim start --id … --namespace … --bundle … --state …), not by hand")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("berth-shim "+os.Args[1], flag.ContinueOnError)
+	id := fs.String("id", "", "container id")
+	ns := fs.String("namespace", "", "namespace")
+	bundleDir := fs.String("bundle", "", "bundle directory")
+	state := fs.String("state", "", "berthd's state directory")
+	debugLog := fs.Bool("debug", false, "debug logging")
+	if err := fs.Parse(os.Args[2:]); err != nil {
+		os.Exit(2)
+	}
+	for _, v := range []struct{ field, val string }{{"id", *id}, {"namespace", *ns}} {
+		if err := identifiers.Validate(v.field, v.val); err != nil {
+			fmt.Fprintln(os.Stderr, "berth-shim:", err)
+			os.Exit(2)
+		}
+	}
+	if *bundleDir == "" || !filepath.IsAbs(*bundleDir) || *state == "" || !filepath.IsAbs(*state) {
+		fmt.Fprintln(os.Stderr, "berth-shim: --bundle and --state must be absolute paths")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "start":
+		if err := start(*id, *ns, *bundleDir, *state, *debugLog); err != nil {
+			fmt.Fprintln(os.Stderr, "berth-shim start:", err)
+			os.Exit(1)
+		}
+	case "serve":
+		if err := serve(*id, *ns, *bundleDir, *state, *debugLog); err != nil {
+			fmt.Fprintln(os.Stderr, "berth-shim serve:", err)
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "berth-shim: unknown command %q (start)\n", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+// start binds the socket, launches the long-lived shim and prints the
+// bootstrap record.
+func start(id, ns, bundleDir, state string, debugLog bool) error {
+	sock := bundle.SocketPath(state, ns, id)
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		return err
+	}
+	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("socket %s is served by a running shim: delete that task first", sock)
+	}
+	os.Remove(sock)
+	old := unix.Umask(0o177)
+	l, err := net.Listen("unix", sock)
+	unix.Umask(old)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	ul := l.(*net.UnixListener)
+	// The socket file stays when the listener closes here: it belongs to
+	// the shim that serves it from now on.
+	ul.SetUnlinkOnClose(false)
+	lf, err := ul.File()
+	ul.Close()
+	if err != nil {
+		os.Remove(sock)
+		return err
+	}
+	defer lf.Close()
+	logf, err := os.OpenFile(filepath.Join(bundleDir, bundle.ShimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		os.Remove(sock)
+		return err
+	}
+	defer logf.Close()
+	self, err := os.Executable()
+	if err != nil {
+		os.Remove(sock)
+		return err
+	}
+	args := []string{"serve", "--id", id, "--namespace", ns, "--bundle", bundleDir, "--state", state}
+	if debugLog {
+		args = append(args, "--debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = bundleDir
+	cmd.Stdout, cmd.Stderr = nil, logf // stdin/stdout: /dev/null
+	cmd.ExtraFiles = []*os.File{lf}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		os.Remove(sock)
+		return err
+	}
+	b := &shimv1.Bootstrap{Version: BootstrapVersion, Address: "unix://" + sock, Pid: int32(cmd.Process.Pid),
+		Protocol: "grpc", ShimVersion: version.Version}
+	out, err := protojson.Marshal(b)
+	if err != nil {
+		cmd.Process.Kill()
+		return err
+	}
+	// Not waited for: it outlives us, and init (or a subreaper) reaps it.
+	cmd.Process.Release()
+	_, err = fmt.Println(string(out))
+	return err
+}
+
+// serve runs the long-lived shim.
+func serve(id, ns, bundleDir, state string, debugLog bool) error {
+	// A shim is one per container: keep its heap small. The GC runs more
+	// often, which costs little in a process that mostly sleeps. (No
+	// memory limit: one below the runtime's own few MiB makes the GC run
+	// without pause and a task's creation several times slower.)
+	debug.SetGCPercent(25)
+	// One P: a shim mostly sleeps, and every P carries its own caches
+	// and (with its threads) their stacks.
+	runtime.GOMAXPROCS(1)
+	level := slog.LevelInfo
+	if debugLog {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("id", id, "namespace", ns)
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become a child subreaper: %w", err)
+	}
+	// berthd's terminal signals never reach us (own session); SIGTERM
+	// from the system is ignored too: the agent decides when we go.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE)
+	lf := os.NewFile(3, "listener")
+	l, err := net.FileListener(lf)
+	lf.Close() // FileListener holds a dup; fd 3 must not linger for children
+	if err != nil {
+		return fmt.Errorf("listener on fd 3: %w", err)
+	}
+	sock := bundle.SocketPath(state, ns, id)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := task.New(ctx, id, ns, bundleDir, log)
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	srv := grpc.NewServer()
+	shimv1.RegisterShimServiceServer(srv, svc)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	log.Debug("serving", "socket", sock)
+	select {
+	case <-svc.Done:
+		// Let the Shutdown reply go out, then stop.
+		time.Sleep(10 * time.Millisecond)
+		srv.Stop()
+		<-errc
+	case err = <-errc:
+	}
+	os.Remove(sock)
+	return err
 }

@@ -2103,12 +2103,15 @@ func (*AttachRequest_Resize) isAttachRequest_Input() {}
 func (*AttachRequest_CloseStdin) isAttachRequest_Input() {}
 
 type AttachOpen struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	ExecId        string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
-	Stdin         bool                   `protobuf:"varint,3,opt,name=stdin,proto3" json:"stdin,omitempty"`
-	Stdout        bool                   `protobuf:"varint,4,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr        bool                   `protobuf:"varint,5,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ExecId string                 `protobuf:"bytes,2,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
+	Stdin  bool                   `protobuf:"varint,3,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Stdout bool                   `protobuf:"varint,4,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr bool                   `protobuf:"varint,5,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// logs replays the init's log file before the live output, with no gap
+	// and no repeat between the two.
+	Logs          bool `protobuf:"varint,6,opt,name=logs,proto3" json:"logs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2174,6 +2177,13 @@ func (x *AttachOpen) GetStdout() bool {
 func (x *AttachOpen) GetStderr() bool {
 	if x != nil {
 		return x.Stderr
+	}
+	return false
+}
+
+func (x *AttachOpen) GetLogs() bool {
+	if x != nil {
+		return x.Logs
 	}
 	return false
 }
@@ -2694,14 +2704,15 @@ const file_berth_shim_v1_shim_proto_rawDesc = "" +
 	"\x06resize\x18\x03 \x01(\v2\x1f.berth.shim.v1.ResizePtyRequestH\x00R\x06resize\x12!\n" +
 	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
 	"closeStdinB\a\n" +
-	"\x05input\"{\n" +
+	"\x05input\"\x8f\x01\n" +
 	"\n" +
 	"AttachOpen\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x14\n" +
 	"\x05stdin\x18\x03 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x04 \x01(\bR\x06stdout\x12\x16\n" +
-	"\x06stderr\x18\x05 \x01(\bR\x06stderr\"\x80\x01\n" +
+	"\x06stderr\x18\x05 \x01(\bR\x06stderr\x12\x12\n" +
+	"\x04logs\x18\x06 \x01(\bR\x04logs\"\x80\x01\n" +
 	"\x0eAttachResponse\x121\n" +
 	"\x04data\x18\x01 \x01(\v2\x1b.berth.shim.v1.AttachOutputH\x00R\x04data\x121\n" +
 	"\x04exit\x18\x02 \x01(\v2\x1b.berth.shim.v1.WaitResponseH\x00R\x04exitB\b\n" +

@@ -1,0 +1,120 @@
+package task
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+
+	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
+	"github.com/berth-dev/berth/shim/logfile"
+)
+
+// historyLimit bounds the output an exec'd process keeps for a client
+// that attaches late (an exec's output goes to no log file).
+const historyLimit = 1 << 20
+
+// chunk is a piece of output on its way to attached clients.
+type chunk struct {
+	stream shimv1.OutputStream
+	data   []byte
+}
+
+// fanout copies a process's output to every attached client. A client
+// that does not keep up loses live chunks rather than stalling the
+// container: the log file has everything.
+type fanout struct {
+	mu      sync.Mutex
+	subs    map[chan chunk]struct{}
+	history []chunk // exec'd processes only; nil keeps none
+	keep    bool
+	size    int
+}
+
+func newFanout(keepHistory bool) *fanout {
+	return &fanout{subs: map[chan chunk]struct{}{}, keep: keepHistory}
+}
+
+// subscribe registers a client and hands it the history so far, both
+// under the lock so nothing is seen twice or missed.
+func (f *fanout) subscribe() (chan chunk, []chunk) {
+	ch := make(chan chunk, 256)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.subs[ch] = struct{}{}
+	return ch, append([]chunk(nil), f.history...)
+}
+
+func (f *fanout) unsubscribe(ch chan chunk) {
+	f.mu.Lock()
+	delete(f.subs, ch)
+	f.mu.Unlock()
+}
+
+// subscribeWith registers a client like subscribe, and runs replay under
+// the same lock that copyOutput holds while it writes the log and
+// publishes: what replay reads from the log is exactly what the client
+// will not receive live.
+func (f *fanout) subscribeWith(replay func()) chan chunk {
+	ch := make(chan chunk, 256)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	replay()
+	f.subs[ch] = struct{}{}
+	return ch
+}
+
+// write records c in the log (when there is one) and publishes it, as one
+// step with respect to subscribeWith.
+func (f *fanout) write(lw *logfile.LineWriter, c chunk) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if lw != nil {
+		lw.Write(c.data)
+	}
+	f.publishLocked(c)
+}
+
+func (f *fanout) publish(c chunk) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.publishLocked(c)
+}
+
+func (f *fanout) publishLocked(c chunk) {
+	if f.keep && f.size+len(c.data) <= historyLimit {
+		f.history = append(f.history, c)
+		f.size += len(c.data)
+	}
+	for ch := range f.subs {
+		select {
+		case ch <- c:
+		default:
+		}
+	}
+}
+
+// copyOutput reads r until EOF (or EIO, which a pty master returns once
+// every slave is closed) and sends it to the log, when there is one, and
+// to attached clients.
+func copyOutput(r *os.File, stream shimv1.OutputStream, lw *logfile.LineWriter, out *fanout) {
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			out.write(lw, chunk{stream: stream, data: append([]byte(nil), buf[:n]...)})
+		}
+		if err != nil {
+			if lw != nil {
+				out.mu.Lock()
+				lw.Flush()
+				out.mu.Unlock()
+			}
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
+				// EIO from a pty master: the normal end of a terminal.
+				_ = err
+			}
+			return
+		}
+	}
+}
