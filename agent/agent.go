@@ -69,6 +69,8 @@ type Agent struct {
 
 	// runtime runs tasks through their shims.
 	runtime *runtime.Manager
+	// restarts applies restart policies.
+	restarts *restarter
 	// bg tracks background work (--rm removals) that Shutdown waits for.
 	bg sync.WaitGroup
 	// debug serves pprof when BERTH_DEBUG_SOCKET is set.
@@ -160,6 +162,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 		health:      health.NewServer(),
 		start:       time.Now(),
 	}
+	a.restarts = newRestarter(a)
 	a.runtime = runtime.New(runtime.Config{
 		State: cfg.State, ShimBinary: shimBinary(), Log: log.With("component", "runtime"),
 		OnEvent: a.onTaskEvent, ShimDebug: log.Enabled(context.Background(), slog.LevelDebug),
@@ -329,6 +332,7 @@ func (a *Agent) Shutdown(ctx context.Context) {
 		if a.debug != nil {
 			a.debug.Close()
 		}
+		a.restarts.close()
 		a.bg.Wait()
 		// The shims keep running; the next berthd reconnects.
 		a.runtime.Close()
@@ -347,6 +351,8 @@ func (a *Agent) Close() {
 		for _, l := range a.listeners {
 			l.Close()
 		}
+		a.restarts.close()
+		a.bg.Wait()
 		a.runtime.Close()
 		a.closeStores()
 		a.db.Close()

@@ -240,6 +240,7 @@ func (s *tasksService) KillTask(ctx context.Context, req *berthv1.KillTaskReques
 	}
 	if req.GetExecId() == "" {
 		s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.StoppedByUser = true })
+		s.a.stopRestarting(ctx, c.Id)
 	}
 	if _, err := t.Shim.Kill(ctx, &shimv1.KillRequest{Id: c.Id, ExecId: req.GetExecId(), Signal: uint32(sig), All: req.GetAll()}); err != nil {
 		return nil, runtime.FromShim(err, "kill "+describe(c.Id, req.GetExecId()))
@@ -268,6 +269,7 @@ func (s *tasksService) StopTask(ctx context.Context, req *berthv1.StopTaskReques
 		timeout = time.Duration(n) * time.Second
 	}
 	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) { st.StoppedByUser = true })
+	s.a.stopRestarting(ctx, c.Id)
 	if _, err := t.Shim.Kill(ctx, &shimv1.KillRequest{Id: c.Id, Signal: uint32(sig)}); err != nil && !errdefs.IsNotFound(runtime.FromShim(err, "")) {
 		return nil, runtime.FromShim(err, "stop container "+c.Id)
 	}
@@ -638,7 +640,9 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 		if ev.GetOomKilled() {
 			attrs["oom_killed"] = "true"
 		}
-		if c.GetSpec().GetAutoRemove() {
+		if !c.GetSpec().GetAutoRemove() {
+			a.restarts.onExit(ctx, c)
+		} else {
 			// Not here: Delete stops this very goroutine's stream.
 			a.bg.Add(1)
 			go func() {
@@ -712,4 +716,5 @@ func (a *Agent) recoverTasks(ctx context.Context) {
 		}
 	}
 	a.log.Info("reconnected to shims", "bundles", len(recs), "took", time.Since(start).Round(time.Millisecond))
+	a.restarts.atStart(ctx)
 }

@@ -149,11 +149,12 @@ func (d *daemon) args() []string {
 func (d *daemon) start() {
 	d.t.Helper()
 	d.logs = &syncBuffer{}
-	d.cmd = exec.Command(filepath.Join(binDir, "berthd"), d.args()...)
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(filepath.Join(binDir, "berthd"), d.args()...)
+	cmd.Stdout, cmd.Stderr = d.logs, d.logs
+	if err := cmd.Start(); err != nil {
 		d.t.Fatal(err)
 	}
+	d.cmd = cmd
 	d.exited = make(chan struct{})
 	go func() { d.exitErr = d.cmd.Wait(); close(d.exited) }()
 	deadline := time.Now().Add(20 * time.Second)

@@ -70,7 +70,7 @@ func (d *daemon) inspect(name string) map[string]any {
 }
 
 // dirEntries lists what is left in a directory (none if it is missing).
-func dirEntries(t *testing.T, dir string) []string {
+func dirEntries(t testing.TB, dir string) []string {
 	t.Helper()
 	es, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {

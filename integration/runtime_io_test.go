@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -204,7 +206,7 @@ func TestAttachDetachLogsLoseNothing(t *testing.T) {
 	if out != "line1\nline2\nline3\nline4\nline5\nline6\n" || !strings.HasPrefix(errOut, "err1\n") || !strings.HasSuffix(errOut, "err6\n") {
 		t.Fatalf("logs after detach: stdout %q stderr %q", out, errOut)
 	}
-	if tail, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id, Tail: 2, Stdout: true}); tail != "line5\nline6\n" {
+	if tail, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id, Tail: proto.Int64(2), Stdout: true}); tail != "line5\nline6\n" {
 		t.Errorf("tail 2: %q", tail)
 	}
 
@@ -271,7 +273,7 @@ func TestLogRotationKeepsNewestAcrossFiles(t *testing.T) {
 			t.Fatalf("line %d is %q, want %q", i, l, want)
 		}
 	}
-	if tail, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id, Tail: 3}); tail != "line-498\nline-499\nline-500\n" {
+	if tail, _ := r.logs(ctx, &berthv1.LogsRequest{ContainerId: c.Id, Tail: proto.Int64(3)}); tail != "line-498\nline-499\nline-500\n" {
 		t.Errorf("tail 3: %q", tail)
 	}
 }
