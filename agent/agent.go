@@ -71,6 +71,8 @@ type Agent struct {
 	runtime *runtime.Manager
 	// restarts applies restart policies.
 	restarts *restarter
+	// taskLocks serialise task creation and deletion per container.
+	taskLocks taskLocks
 	// bg tracks background work (--rm removals) that Shutdown waits for.
 	bg sync.WaitGroup
 	// debug serves pprof when BERTH_DEBUG_SOCKET is set.

@@ -259,6 +259,7 @@ func (s *containersService) DeleteContainer(ctx context.Context, req *berthv1.De
 // task (shim, cgroup, rootfs mount, bundle), the snapshot and the logs. A
 // crash part-way leaves files no record points to, for GC.
 func (a *Agent) removeContainer(ctx context.Context, id string, force bool) error {
+	defer a.taskLocks.lock(namespaces.FromContext(ctx), id)()
 	c, err := a.db.Containers().Get(ctx, id)
 	if err != nil {
 		return err

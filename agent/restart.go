@@ -72,10 +72,10 @@ func backoff(count int32, ran time.Duration) time.Duration {
 }
 
 // onExit decides, after the init of c exited, whether to restart it, and
-// schedules the restart with backoff.
-func (r *restarter) onExit(ctx context.Context, c *berthv1.Container) {
+// schedules the restart with backoff. It reports whether it did.
+func (r *restarter) onExit(ctx context.Context, c *berthv1.Container) bool {
 	if !wants(c, false) {
-		return
+		return false
 	}
 	st := c.GetStatus()
 	ran := st.GetFinishedAt().AsTime().Sub(st.GetStartedAt().AsTime())
@@ -89,9 +89,10 @@ func (r *restarter) onExit(ctx context.Context, c *berthv1.Container) {
 	})
 	if err != nil {
 		r.a.log.Warn("restart policy", "container", c.GetId(), "err", err)
-		return
+		return false
 	}
 	r.schedule(namespaces.FromContext(ctx), c.Id, delay)
+	return true
 }
 
 // atStart restarts, once berthd has reconnected to its shims, the

@@ -82,6 +82,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		return nil, err
 	}
 	ns := namespaces.FromContext(ctx)
+	defer s.a.taskLocks.lock(ns, c.Id)()
 	if old, err := s.a.runtime.Get(ns, c.Id); err == nil {
 		// Starting an exited container again (docker start): its old
 		// task has served its purpose once its init has exited.
@@ -300,6 +301,14 @@ func (s *tasksService) WaitTask(ctx context.Context, req *berthv1.WaitTaskReques
 		return nil, err
 	}
 	w, err := t.Shim.Wait(ctx, &shimv1.WaitRequest{Id: c.Id, ExecId: req.GetExecId()})
+	if err != nil && req.GetExecId() == "" && ctx.Err() == nil {
+		// The exited task may have been released while we waited: its
+		// exit was recorded before that.
+		if c, gerr := s.a.db.Containers().Get(ctx, c.Id); gerr == nil && c.GetStatus().GetState() == berthv1.ContainerState_CONTAINER_STATE_EXITED {
+			st := c.GetStatus()
+			return &berthv1.WaitTaskResponse{ExitStatus: uint32(st.GetExitCode()), ExitedAt: st.GetFinishedAt(), OomKilled: st.GetOomKilled()}, nil
+		}
+	}
 	if err != nil {
 		return nil, runtime.FromShim(err, "wait for "+describe(c.Id, req.GetExecId()))
 	}
@@ -312,7 +321,14 @@ func (s *tasksService) WaitTask(ctx context.Context, req *berthv1.WaitTaskReques
 }
 
 func (s *tasksService) DeleteTask(ctx context.Context, req *berthv1.DeleteTaskRequest) (*berthv1.DeleteTaskResponse, error) {
-	c, t, err := s.task(ctx, req.GetContainerId())
+	c, err := s.container(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetExecId() == "" {
+		defer s.a.taskLocks.lock(namespaces.FromContext(ctx), c.Id)()
+	}
+	t, err := s.a.runtime.Get(namespaces.FromContext(ctx), c.Id)
 	if err != nil {
 		return nil, err
 	}
@@ -462,6 +478,14 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		Id: c.Id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr(),
 		Logs: open.GetLogs()}}}); err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	}
+	// Once the shim has subscribed this stream (its headers say so), the
+	// client is told, by ours, that it may start the process.
+	if _, err := up.Header(); err != nil {
+		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	}
+	if err := stream.SendHeader(nil); err != nil {
+		return err
 	}
 	go func() {
 		for {
@@ -641,7 +665,17 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 			attrs["oom_killed"] = "true"
 		}
 		if !c.GetSpec().GetAutoRemove() {
-			a.restarts.onExit(ctx, c)
+			if !a.restarts.onExit(ctx, c) {
+				// Nothing runs in the container any more: its shim,
+				// rootfs mount and cgroup go now, as Docker deletes the
+				// task, rather than one idle shim per exited container.
+				// The exit is in the record, the output in the log.
+				a.bg.Add(1)
+				go func() {
+					defer a.bg.Done()
+					a.releaseTask(ctx, id)
+				}()
+			}
 		} else {
 			// Not here: Delete stops this very goroutine's stream.
 			a.bg.Add(1)
@@ -673,6 +707,24 @@ func (a *Agent) recordExit(ctx context.Context, id string, code uint32, at *time
 		st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(code), at, 0
 		st.OomKilled = st.OomKilled || oom
 	})
+}
+
+// releaseTask deletes the task of an exited container. A newer task (the
+// user started the container again meanwhile) is left alone.
+func (a *Agent) releaseTask(ctx context.Context, id string) {
+	ns := namespaces.FromContext(ctx)
+	defer a.taskLocks.lock(ns, id)()
+	t, err := a.runtime.Get(ns, id)
+	if err != nil {
+		return
+	}
+	st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
+	if err != nil || st.GetStatus() != shimv1.Status_STATUS_STOPPED {
+		return
+	}
+	if _, err := a.runtime.Delete(ctx, ns, id, false); err != nil && !errdefs.IsNotFound(err) {
+		a.log.Warn("release the task of an exited container", "container", id, "err", err)
+	}
 }
 
 // autoRemove deletes a --rm container after its task exited.

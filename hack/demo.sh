@@ -16,6 +16,10 @@ fi
 tmp=$(mktemp -d /tmp/berth-demo.XXXXXX)
 sock=$tmp/state/berth.sock
 cleanup() {
+	if [ -n "${berthd:-}" ]; then
+		ids=$("$bin/berthctl" ps --address "$sock" -aq 2>/dev/null || true)
+		[ -z "$ids" ] || "$bin/berthctl" rm --address "$sock" -f $ids >/dev/null 2>&1 || true
+	fi
 	for p in ${berthd:-} ${registry:-}; do
 		if kill -0 "$p" 2>/dev/null; then
 			kill -TERM "$p"
@@ -51,7 +55,9 @@ done
 
 run() {
 	echo "\$ berthctl $*"
-	"$bin/berthctl" -a "$sock" "$@"
+	# --address right after the command: run takes the rest as the
+	# container's command, and -a means other things to ps and start.
+	"$bin/berthctl" "$1" --address "$sock" "${@:2}"
 	echo
 }
 echo "A private berthd in $tmp, with a loopback registry at $addr standing in for docker.io."

@@ -1054,6 +1054,12 @@ func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, s
 		ch, history = p.out.subscribe()
 	}
 	defer p.out.unsubscribe(ch)
+	// Headers tell the agent (and through it the client) that the
+	// subscription is in place: output from now on reaches this stream,
+	// so the client may start the process.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
 
 	// The input side: owned by this call, it ends when the stream does
 	// (Recv fails once the handler returns).
