@@ -19,7 +19,7 @@ LDFLAGS := -X github.com/berth-dev/berth/version.Version=$(VERSION) -X github.co
 # Debian packages the integration tests and the demo use.
 TEST_PACKAGES := busybox-static docker-registry iptables containernetworking-plugins libseccomp-dev skopeo
 
-.PHONY: all build bench-quick bench-go berthd berth-shim berthctl tools proto proto-check proto-lint lint \
+.PHONY: all build bench-quick bench-go install berthd berth-shim berthctl tools proto proto-check proto-lint lint \
 	test unit integration test-deps demo bench clean
 
 all: build
@@ -98,6 +98,15 @@ bench-quick: test-deps build
 BENCH ?= .
 bench-go: build
 	BERTH_BIN=$(BIN) $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./...
+
+# install puts the binaries in $(PREFIX)/bin and the systemd unit in
+# /etc/systemd/system (root).
+PREFIX ?= /usr/local
+install: build
+	install -d $(PREFIX)/bin /etc/systemd/system $(PREFIX)/share/doc/berth
+	install -m 0755 $(BIN)/berthd $(BIN)/berth-shim $(BIN)/berthctl $(PREFIX)/bin/
+	install -m 0644 cmd/berthd/berthd.service /etc/systemd/system/berthd.service
+	install -m 0644 README.md $(PREFIX)/share/doc/berth/README.md
 
 clean:
 	rm -rf $(BIN)
