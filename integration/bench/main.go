@@ -29,8 +29,21 @@ func main() {
 		only    = flag.String("only", "", "comma-separated workloads to run (default: all)")
 		systems = flag.String("systems", "berth,containerd", "comma-separated systems to run")
 		quick   = flag.Bool("quick", false, "fewer iterations and a smaller pull image, to check the harness itself")
+		render  = flag.String("markdown", "", "print the results in this JSON file as the README's Markdown table, and exit")
 	)
 	flag.Parse()
+	if *render != "" {
+		data, err := os.ReadFile(*render)
+		if err != nil {
+			fatal(err)
+		}
+		var r Report
+		if err := json.Unmarshal(data, &r); err != nil {
+			fatal(err)
+		}
+		printMarkdown(os.Stdout, r)
+		return
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench runs as root: it starts berthd, containerd and containers")
 		os.Exit(1)

@@ -53,7 +53,11 @@ func summarize(samples []float64) Stats {
 		i := int(q*float64(len(s)-1) + 0.5)
 		return s[i]
 	}
-	return Stats{N: len(s), Median: pick(0.5), P90: pick(0.9), Samples: samples}
+	median := s[len(s)/2]
+	if len(s)%2 == 0 {
+		median = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stats{N: len(s), Median: median, P90: pick(0.9), Samples: samples}
 }
 
 func newResult(workload, metric, unit string, lower bool, target string, berth, ctrd []float64) Result {
@@ -114,4 +118,16 @@ func machine() string {
 	}
 	return fmt.Sprintf("%d cores (%s), %.0f GiB, Linux %s", runtime.NumCPU(), model,
 		float64(si.Totalram)*float64(si.Unit)/(1<<30), unix.ByteSliceToString(uts.Release[:]))
+}
+
+// printMarkdown renders a report as the README's Performance table.
+func printMarkdown(w io.Writer, r Report) {
+	fmt.Fprintf(w, "Measured %s on %s with `%s`.\n\n", r.Date, r.Machine, r.Command)
+	fmt.Fprintln(w, "| workload | metric | Berth median (p90) | containerd median (p90) | Berth/containerd | target |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, x := range r.Results {
+		fmt.Fprintf(w, "| %s | %s | %s (%s) | %s (%s) | %.2f | %s |\n", x.Workload, x.Metric,
+			num(x.Berth.Median, x.Unit), num(x.Berth.P90, x.Unit), num(x.Containerd.Median, x.Unit), num(x.Containerd.P90, x.Unit),
+			x.Ratio, x.Target)
+	}
 }
