@@ -141,7 +141,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return fail(err)
 	}
-	nm, err := openNetwork(cfg, db, log)
+	nm, err := openNetwork(cfg, log)
 	if err != nil {
 		return fail(err)
 	}
