@@ -71,6 +71,10 @@ type Agent struct {
 	runtime *runtime.Manager
 	// restarts applies restart policies.
 	restarts *restarter
+	// statusMu serialises setStatus's read-modify-write of container
+	// statuses, so that concurrent updates (an exit event, StartTask,
+	// a release) never lose one another's fields.
+	statusMu sync.Mutex
 	// taskLocks serialise task creation and deletion per container.
 	taskLocks taskLocks
 	// bg tracks background work (--rm removals) that Shutdown waits for.

@@ -63,6 +63,8 @@ func (s *tasksService) task(ctx context.Context, ref string) (*berthv1.Container
 
 // setStatus updates the container's status with fn, read-modify-write.
 func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus)) (*berthv1.Container, error) {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
 	c, err := a.db.Containers().Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -727,6 +729,9 @@ func (a *Agent) recordExit(ctx context.Context, id string, code uint32, at *time
 	return a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
 		st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(code), at, 0
 		st.OomKilled = st.OomKilled || oom
+		// An exited container publishes nothing (ps shows no ports); its
+		// network goes with its task.
+		st.Networks, st.Ports = nil, nil
 	})
 }
 
@@ -748,7 +753,6 @@ func (a *Agent) releaseTask(ctx context.Context, id string) {
 		return
 	}
 	a.detachNetwork(ctx, ns, id)
-	a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) { st.Networks, st.Ports = nil, nil })
 }
 
 // autoRemove deletes a --rm container after its task exited.
