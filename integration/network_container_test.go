@@ -152,13 +152,13 @@ func TestContainerPublishedPort(t *testing.T) {
 	}
 
 	// The same host port again is refused, clearly, and leaves nothing.
-	psa := d.mustCtl("ps", "-a")
+	psa := d.mustCtl("ps", "-aq")
 	during := netLeftovers(t, d, bridge, "10.202.31.", "18080")
 	r := d.ctl("run", "-d", "--rm", "-p", "18080:80", "busybox", "sleep", "100")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "0.0.0.0:18080/tcp") || !strings.Contains(r.Stderr, "already in use") {
 		t.Fatalf("a second container on host port 18080: exit %d, stderr %q; want a refusal naming the port", r.Code, r.Stderr)
 	}
-	if got := d.mustCtl("ps", "-a"); got != psa {
+	if got := d.mustCtl("ps", "-aq"); got != psa {
 		t.Errorf("the refused --rm container is listed:\nbefore:\n%s\nafter:\n%s", psa, got)
 	}
 	// Without --rm, Docker keeps the container, created and without a network.
