@@ -173,8 +173,22 @@ func TestContainerPublishedPort(t *testing.T) {
 		t.Errorf("the first container's port after the refusal: %q", got)
 	}
 
+	// Stopped, the container publishes nothing; started again, its new
+	// task gets a network again, on the same host port.
+	d.mustCtl("stop", "-t", "1", "web")
+	if ps := d.mustCtl("ps", "-a"); strings.Contains(ps, "18080->") {
+		t.Errorf("ps -a shows the stopped container's port:\n%s", ps)
+	}
+	d.mustCtl("start", "web")
+	if got := httpGet(t, "http://127.0.0.1:18080/"); got != "hello from berth\n" {
+		t.Errorf("GET :18080 after stop and start = %q", got)
+	}
+	if ps := d.mustCtl("ps"); !strings.Contains(ps, "0.0.0.0:18080->80/tcp") {
+		t.Errorf("ps after start does not show the port:\n%s", ps)
+	}
+
 	d.mustCtl("rm", "-f", "web", "web2")
-	if after := netLeftovers(t, d, bridge, "10.202.31.", "18080"); after != before {
+	if after := settledLeftovers(t, d, before, bridge, "10.202.31.", "18080"); after != before {
 		t.Errorf("rm left network state:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
