@@ -71,6 +71,10 @@ type Agent struct {
 	runtime *runtime.Manager
 	// restarts applies restart policies.
 	restarts *restarter
+	// statusMu serialises setStatus's read-modify-write of container
+	// statuses, so that concurrent updates (an exit event, StartTask,
+	// a release) never lose one another's fields.
+	statusMu sync.Mutex
 	// taskLocks serialise task creation and deletion per container.
 	taskLocks taskLocks
 	// bg tracks background work (--rm removals) that Shutdown waits for.
@@ -141,7 +145,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return fail(err)
 	}
-	nm, err := openNetwork(cfg, db, log)
+	nm, err := openNetwork(cfg, log)
 	if err != nil {
 		return fail(err)
 	}

@@ -280,6 +280,7 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 			a.log.Warn("delete the task of a removed container", "container", id, "err", err)
 		}
 	}
+	a.detachNetwork(ctx, ns, id)
 	if c.GetSnapshotKey() != "" {
 		if err := a.snapshots.Remove(ctx, c.GetSnapshotKey()); err != nil && !errdefs.IsNotFound(err) {
 			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)

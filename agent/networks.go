@@ -9,8 +9,6 @@ import (
 	"github.com/berth-dev/berth/agent/config"
 	"github.com/berth-dev/berth/agent/network"
 	"github.com/berth-dev/berth/errdefs"
-	"github.com/berth-dev/berth/metadata"
-	"github.com/berth-dev/berth/metadata/namespaces"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -22,10 +20,9 @@ type networksService struct {
 	a *Agent
 }
 
-// openNetwork builds the network manager from [network] and releases the
-// attachments of containers that no longer exist (a berthd killed between
-// deleting a container and detaching its network).
-func openNetwork(cfg *config.Config, db *metadata.DB, log *slog.Logger) (*network.Manager, error) {
+// openNetwork builds the network manager from [network]. Recover runs
+// later, in recoverTasks, once the runtime knows which tasks are live.
+func openNetwork(cfg *config.Config, log *slog.Logger) (*network.Manager, error) {
 	nc := cfg.Network
 	confDir := nc.ConfDir
 	if confDir == "" {
@@ -43,16 +40,6 @@ func openNetwork(cfg *config.Config, db *metadata.DB, log *slog.Logger) (*networ
 	}, log.With("component", "network"))
 	if err != nil {
 		return nil, fmt.Errorf("networking: %w", err)
-	}
-	// Until the runtime manager reports live tasks, a container is live
-	// while its record exists: nothing of an existing container is torn
-	// down, and the network of a deleted one is always released.
-	live := func(ns, id string) bool {
-		_, err := db.Containers().Get(namespaces.WithNamespace(context.Background(), ns), id)
-		return !errdefs.IsNotFound(err)
-	}
-	if err := m.Recover(context.Background(), live); err != nil {
-		log.Warn("network recovery left something behind; it is retried at the next start", "error", err)
 	}
 	return m, nil
 }

@@ -63,6 +63,8 @@ func (s *tasksService) task(ctx context.Context, ref string) (*berthv1.Container
 
 // setStatus updates the container's status with fn, read-modify-write.
 func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus)) (*berthv1.Container, error) {
+	a.statusMu.Lock()
+	defer a.statusMu.Unlock()
 	c, err := a.db.Containers().Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -93,6 +95,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		if _, err := s.a.runtime.Delete(ctx, ns, c.Id, false); err != nil {
 			return nil, err
 		}
+		s.a.detachNetwork(ctx, ns, c.Id)
 	}
 	var imgCfg *berthv1.ImageConfig
 	if img, err := s.a.db.Images().Get(ctx, c.GetSpec().GetImage()); err == nil {
@@ -120,11 +123,27 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 			maxFiles = int(l.GetMaxFiles())
 		}
 	}
+	att, err := s.a.attachNetwork(ctx, ns, c)
+	if err != nil {
+		return nil, err
+	}
+	created := false
+	defer func() {
+		if !created {
+			// Nothing of the network outlives a task that was never made.
+			s.a.detachNetwork(ctx, ns, c.Id)
+		}
+	}()
 	t, err := s.a.runtime.Create(ctx, runtime.CreateOpts{
 		NS: ns, ID: c.Id, Rootfs: mounts,
 		Spec: func(rootfs string) (*specs.Spec, error) {
-			return oci.Generate(ctx, oci.Input{ID: c.Id, Spec: c.GetSpec(), Image: imgCfg, Rootfs: rootfs,
-				CgroupParent: s.a.cfg.CgroupParent, Logger: s.a.log})
+			sp, err := oci.Generate(ctx, oci.Input{ID: c.Id, Spec: c.GetSpec(), Image: imgCfg, Rootfs: rootfs,
+				CgroupParent: s.a.cfg.CgroupParent, Logger: s.a.log, NamespacePaths: withNetwork(nil, att)})
+			if err != nil {
+				return nil, err
+			}
+			sp.Mounts = append(sp.Mounts, networkMounts(att, c.GetSpec().GetReadOnlyRootfs())...)
+			return sp, nil
 		},
 		Terminal: c.GetSpec().GetTty(), Stdin: c.GetSpec().GetOpenStdin(),
 		Log:          &shimv1.LogOptions{Path: logPath, MaxSizeBytes: maxSize, MaxFiles: int32(maxFiles)},
@@ -141,6 +160,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		}
 		return nil, err
 	}
+	created = true
 	pid := uint32(0)
 	if st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id}); err == nil {
 		pid = st.GetPid()
@@ -152,6 +172,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
 		st.State, st.Pid, st.ExitCode, st.Error, st.OomKilled, st.FinishedAt, st.StoppedByUser =
 			berthv1.ContainerState_CONTAINER_STATE_CREATED, pid, 0, "", false, nil, false
+		st.Networks, st.Ports = att.Networks, att.Ports
 	})
 	s.a.events.Publish(ctx, "/tasks/create", c.Id, map[string]string{"pid": strconv.Itoa(int(pid))})
 	return &berthv1.CreateTaskResponse{Pid: pid}, nil
@@ -350,7 +371,9 @@ func (s *tasksService) DeleteTask(ctx context.Context, req *berthv1.DeleteTaskRe
 	if err != nil {
 		return nil, err
 	}
+	s.a.detachNetwork(ctx, namespaces.FromContext(ctx), c.Id)
 	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+		st.Networks, st.Ports = nil, nil
 		if st.State != berthv1.ContainerState_CONTAINER_STATE_EXITED {
 			st.State, st.ExitCode, st.FinishedAt = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(d.GetExitStatus()), d.GetExitedAt()
 		}
@@ -713,6 +736,9 @@ func (a *Agent) recordExit(ctx context.Context, id string, code uint32, at *time
 	return a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
 		st.State, st.ExitCode, st.FinishedAt, st.Pid = berthv1.ContainerState_CONTAINER_STATE_EXITED, int32(code), at, 0
 		st.OomKilled = st.OomKilled || oom
+		// An exited container publishes nothing (ps shows no ports); its
+		// network goes with its task.
+		st.Networks, st.Ports = nil, nil
 	})
 }
 
@@ -731,7 +757,9 @@ func (a *Agent) releaseTask(ctx context.Context, id string) {
 	}
 	if _, err := a.runtime.Delete(ctx, ns, id, false); err != nil && !errdefs.IsNotFound(err) {
 		a.log.Warn("release the task of an exited container", "container", id, "err", err)
+		return
 	}
+	a.detachNetwork(ctx, ns, id)
 }
 
 // autoRemove deletes a --rm container after its task exited.
@@ -775,5 +803,11 @@ func (a *Agent) recoverTasks(ctx context.Context) {
 		}
 	}
 	a.log.Info("reconnected to shims", "bundles", len(recs), "took", time.Since(start).Round(time.Millisecond))
+	// Now that the runtime knows its tasks: release the networks of
+	// containers that are gone or have no task (a berthd killed between
+	// deleting a task or container and detaching its network).
+	if err := a.network.Recover(ctx, a.networkLive); err != nil {
+		a.log.Warn("network recovery left something behind; it is retried at the next start", "error", err)
+	}
 	a.restarts.atStart(ctx)
 }

@@ -55,7 +55,38 @@ func runMain(m *testing.M) int {
 		}
 		binDir = dir
 	}
-	return m.Run()
+	code := m.Run()
+	removeTestBridge(testBridge)
+	return code
+}
+
+// Test daemons whose config has no [network] section get this default
+// network rather than the host's berth0: a private bridge and subnet
+// that the end of the run removes, with its iptables rules.
+const (
+	testBridge       = "bit-def"
+	testBridgeSubnet = "10.202.250.0/24"
+)
+
+// removeTestBridge deletes bridge and every iptables rule naming it.
+func removeTestBridge(bridge string) {
+	out, err := exec.Command("iptables-save").Output()
+	if err != nil {
+		return
+	}
+	table := ""
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "*") {
+			table = l[1:]
+		}
+		if strings.HasPrefix(l, "-A ") && strings.Contains(l, " "+bridge+" ") {
+			args := append([]string{"-w", "5", "-t", table, "-D"}, splitRule(l[3:])...)
+			if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "cleanup: iptables %v: %v %s\n", args, err, out)
+			}
+		}
+	}
+	exec.Command("ip", "link", "del", bridge).Run()
 }
 
 // daemon is one berthd under test.
@@ -137,6 +168,25 @@ func startDaemon(t testing.TB, opts ...daemonOption) *daemon {
 	return d
 }
 
+// defaultNetworkConfig gives a daemon whose config says nothing about
+// networking the test bridge (see testBridge).
+func (d *daemon) defaultNetworkConfig() {
+	if d.config == "" {
+		d.config = filepath.Join(d.root, "..", "config.toml")
+	}
+	old, err := os.ReadFile(d.config)
+	if err != nil && !os.IsNotExist(err) {
+		d.t.Fatal(err)
+	}
+	if strings.Contains(string(old), "[network]") {
+		return
+	}
+	add := fmt.Sprintf("\n[network]\nbridge = %q\ndefault_subnet = %q\n", testBridge, testBridgeSubnet)
+	if err := os.WriteFile(d.config, append(old, add...), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
 func (d *daemon) args() []string {
 	a := []string{"--root", d.root, "--state", d.state, "--address", d.socket, "--log-level", "debug"}
 	if d.config != "" {
@@ -148,6 +198,7 @@ func (d *daemon) args() []string {
 // start runs berthd and waits for its health check to answer.
 func (d *daemon) start() {
 	d.t.Helper()
+	d.defaultNetworkConfig()
 	d.logs = &syncBuffer{}
 	cmd := exec.Command(filepath.Join(binDir, "berthd"), d.args()...)
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs

@@ -252,7 +252,11 @@ func (m *Manager) ensureDefault() error {
 		}
 		subnet = subnet.Masked()
 	} else {
-		routes, err := hostRoutes()
+		// The default bridge's own routes do not count: a bridge left by
+		// an earlier berthd (its root wiped, or a test's) keeps its
+		// address, and the default network should take that subnet again
+		// rather than move on to the next candidate.
+		routes, err := hostRoutes(m.cfg.DefaultBridge)
 		if err != nil {
 			return err
 		}
@@ -284,7 +288,7 @@ func (m *Manager) pickSubnet(existing []*network) (netip.Prefix, error) {
 	if err != nil || !pool.Addr().Is4() || pool.Bits() > 24 {
 		return netip.Prefix{}, fmt.Errorf("network subnet_pool %q: want an IPv4 CIDR of /24 or larger: %w", m.cfg.SubnetPool, errdefs.ErrInvalidArgument)
 	}
-	routes, err := hostRoutes()
+	routes, err := hostRoutes("")
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -320,8 +324,9 @@ func overlapsAny(p netip.Prefix, list []netip.Prefix) bool {
 	return false
 }
 
-// hostRoutes reads the IPv4 routing table of berthd's namespace.
-func hostRoutes() ([]netip.Prefix, error) {
+// hostRoutes reads the IPv4 routing table of berthd's namespace, without
+// the routes of interface skip.
+func hostRoutes(skip string) ([]netip.Prefix, error) {
 	f, err := os.Open("/proc/net/route")
 	if err != nil {
 		return nil, fmt.Errorf("read host routes: %w", err)
@@ -332,7 +337,7 @@ func hostRoutes() ([]netip.Prefix, error) {
 	s.Scan() // header
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
-		if len(fields) < 8 {
+		if len(fields) < 8 || (skip != "" && fields[0] == skip) {
 			continue
 		}
 		dst, err1 := hex.DecodeString(fields[1])
