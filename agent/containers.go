@@ -292,18 +292,6 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	return nil
 }
 
-func (s *containersService) CommitContainer(context.Context, *berthv1.CommitContainerRequest) (*berthv1.CommitContainerResponse, error) {
-	return nil, notYet("commit", "the berthctl lifecycle issue")
-}
-
-func (s *containersService) CopyFromContainer(*berthv1.CopyFromContainerRequest, berthv1.ContainersService_CopyFromContainerServer) error {
-	return notYet("copying from a container", "the berthctl lifecycle issue")
-}
-
-func (s *containersService) CopyToContainer(berthv1.ContainersService_CopyToContainerServer) error {
-	return notYet("copying into a container", "the berthctl lifecycle issue")
-}
-
 // fieldErr prefixes an invalid-argument error with the request field it
 // came from, so a client knows what to fix.
 func fieldErr(field string, err error) error {
