@@ -38,6 +38,9 @@ func (s *containersService) CreateContainer(ctx context.Context, req *berthv1.Cr
 	if err := validateRestartPolicy(spec.GetRestartPolicy()); err != nil {
 		return nil, err
 	}
+	if err := validateBindSources(spec); err != nil {
+		return nil, err
+	}
 	c := &berthv1.Container{
 		Id:     req.GetId(),
 		Name:   req.GetName(),
