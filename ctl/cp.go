@@ -248,7 +248,8 @@ func tarLocal(w io.Writer, src string) error {
 		if info.IsDir() {
 			hdr.Name += "/"
 		}
-		hdr.Uname, hdr.Gname = "", ""
+		// As docker cp: what is copied in belongs to the container's root.
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
