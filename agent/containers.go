@@ -38,6 +38,9 @@ func (s *containersService) CreateContainer(ctx context.Context, req *berthv1.Cr
 	if err := validateRestartPolicy(spec.GetRestartPolicy()); err != nil {
 		return nil, err
 	}
+	if err := validateBindSources(spec); err != nil {
+		return nil, err
+	}
 	c := &berthv1.Container{
 		Id:     req.GetId(),
 		Name:   req.GetName(),
@@ -291,18 +294,6 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	}
 	a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
 	return nil
-}
-
-func (s *containersService) CommitContainer(context.Context, *berthv1.CommitContainerRequest) (*berthv1.CommitContainerResponse, error) {
-	return nil, notYet("commit", "the berthctl lifecycle issue")
-}
-
-func (s *containersService) CopyFromContainer(*berthv1.CopyFromContainerRequest, berthv1.ContainersService_CopyFromContainerServer) error {
-	return notYet("copying from a container", "the berthctl lifecycle issue")
-}
-
-func (s *containersService) CopyToContainer(berthv1.ContainersService_CopyToContainerServer) error {
-	return notYet("copying into a container", "the berthctl lifecycle issue")
 }
 
 // fieldErr prefixes an invalid-argument error with the request field it

@@ -105,6 +105,8 @@ func NewRootCommand(c *CLI) *cobra.Command {
 		newAttachCommand(c),
 		newWaitCommand(c),
 		newRenameCommand(c),
+		newCommitCommand(c),
+		newCpCommand(c),
 		newInspectCommand(c),
 		newTopCommand(c),
 		newStatsCommand(c),

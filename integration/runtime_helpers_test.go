@@ -18,7 +18,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
@@ -56,7 +58,8 @@ func startRuntime(t testing.TB, opts ...daemonOption) *rt {
 				cc := berthv1.NewContainersServiceClient(conn)
 				if list, err := cc.ListContainers(ctx, &berthv1.ListContainersRequest{}); err == nil {
 					for _, c := range list.Containers {
-						if _, err := cc.DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: c.Id, Force: true}); err != nil {
+						// NotFound: a --rm removal finished after the list.
+						if _, err := cc.DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: c.Id, Force: true}); err != nil && status.Code(err) != codes.NotFound {
 							t.Errorf("cleanup: delete container %s: %v", c.Id, err)
 						}
 					}
