@@ -290,6 +290,13 @@ func (s *tasksService) StopTask(ctx context.Context, req *berthv1.StopTaskReques
 
 func (s *tasksService) WaitTask(ctx context.Context, req *berthv1.WaitTaskRequest) (*berthv1.WaitTaskResponse, error) {
 	c, t, err := s.task(ctx, req.GetContainerId())
+	if errdefs.IsNotFound(err) && c != nil && req.GetExecId() == "" {
+		// c was read before the task was looked up: an exit recorded (and
+		// the task released) in between is only in a fresh read.
+		if fresh, gerr := s.a.db.Containers().Get(ctx, c.Id); gerr == nil {
+			c = fresh
+		}
+	}
 	if errdefs.IsNotFound(err) && c != nil && req.GetExecId() == "" &&
 		c.GetStatus().GetState() == berthv1.ContainerState_CONTAINER_STATE_EXITED {
 		// The task is gone already (deleted, or berthd restarted after the
