@@ -62,7 +62,7 @@ func TestRestartPolicies(t *testing.T) {
 
 	// on-failure:3 restarts a failing container three times, then stops.
 	d.mustCtl("run", "-d", "--name", "flaky", "--restart", "on-failure:3", "busybox", "sh", "-c", "exit 3")
-	eventually(t, "flaky restarted 3 times and stopped", time.Minute, func() bool {
+	eventually(t, "flaky restarted 3 times and stopped", 3*time.Minute, func() bool {
 		s := d.containerState("flaky")
 		return s.State == "EXITED" && s.RestartCount == 3
 	})
@@ -92,7 +92,7 @@ func TestRestartPolicies(t *testing.T) {
 		t.Fatalf("keeper: %+v", first)
 	}
 	syscall.Kill(first.Pid, syscall.SIGKILL)
-	eventually(t, "keeper restarted", 30*time.Second, func() bool {
+	eventually(t, "keeper restarted", 2*time.Minute, func() bool {
 		s := d.containerState("keeper")
 		return s.State == "RUNNING" && s.RestartCount == 1 && s.Pid != first.Pid
 	})
@@ -108,7 +108,7 @@ func TestRestartPolicies(t *testing.T) {
 	syscall.Kill(before.Pid, syscall.SIGKILL)
 	time.Sleep(200 * time.Millisecond)
 	d.start()
-	eventually(t, "keeper restarted after berthd came back", 30*time.Second, func() bool {
+	eventually(t, "keeper restarted after berthd came back", 2*time.Minute, func() bool {
 		s := d.containerState("keeper")
 		return s.State == "RUNNING" && s.Pid != before.Pid
 	})

@@ -522,19 +522,18 @@ func (m *Manager) teardown(ctx context.Context, k key) error {
 	if err := unpinNetns(m.netnsPath(k)); err != nil {
 		return fmt.Errorf("container %s: %w", k.id, err)
 	}
-	os.Remove(filepath.Dir(m.netnsPath(k))) // the namespace's dir, once empty
+	// The per-namespace directories stay: removing one once empty would
+	// race with a concurrent Attach between its MkdirAll and its create.
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := os.RemoveAll(m.containerFiles(k)); err != nil {
 		return fmt.Errorf("container %s: remove network files: %w", k.id, err)
 	}
-	os.Remove(filepath.Dir(m.containerFiles(k)))
 	releasePorts(m.reservations[k])
 	delete(m.reservations, k)
 	if err := os.Remove(m.recordPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("container %s: remove network record: %w", k.id, err)
 	}
-	os.Remove(filepath.Dir(m.recordPath(k)))
 	delete(m.records, k)
 	if r != nil && r.Done {
 		m.updatePeers(r.Network, k)
