@@ -26,21 +26,17 @@ func resolve(ctx context.Context, cl *Client, ref string) (*berthv1.Container, e
 	return resp.Container, nil
 }
 
-// eachContainer runs fn for every named container as Docker's multi-target
-// commands do: print the name on success, the error on failure, go on,
-// and fail the command at the end if anything failed.
-func (c *CLI) eachContainer(ctx context.Context, refs []string, fn func(ctx context.Context, cl *Client, ctr *berthv1.Container) error) error {
+// forEachName runs fn for every name as Docker's multi-target commands
+// do: print the name on success, the error on failure, go on, and fail the
+// command at the end if anything failed.
+func (c *CLI) forEachName(ctx context.Context, names []string, fn func(ctx context.Context, cl *Client, name string) error) error {
 	cl, err := c.Client()
 	if err != nil {
 		return err
 	}
 	var failed bool
-	for _, ref := range refs {
-		ctr, err := resolve(ctx, cl, ref)
-		if err == nil {
-			err = fn(ctx, cl, ctr)
-		}
-		if err != nil {
+	for _, name := range names {
+		if err := fn(ctx, cl, name); err != nil {
 			if errors.Is(err, context.Canceled) {
 				return err
 			}
@@ -48,12 +44,24 @@ func (c *CLI) eachContainer(ctx context.Context, refs []string, fn func(ctx cont
 			failed = true
 			continue
 		}
-		fmt.Fprintln(c.Out, ref)
+		fmt.Fprintln(c.Out, name)
 	}
 	if failed {
 		return errAlreadyReported
 	}
 	return nil
+}
+
+// eachContainer is forEachName over containers, resolved first by ID,
+// unique prefix or name.
+func (c *CLI) eachContainer(ctx context.Context, refs []string, fn func(ctx context.Context, cl *Client, ctr *berthv1.Container) error) error {
+	return c.forEachName(ctx, refs, func(ctx context.Context, cl *Client, ref string) error {
+		ctr, err := resolve(ctx, cl, ref)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, cl, ctr)
+	})
 }
 
 func newStartCommand(c *CLI) *cobra.Command {

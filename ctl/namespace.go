@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -89,24 +90,12 @@ func newNamespaceCommand(c *CLI) *cobra.Command {
 		Short:   "Remove empty namespaces",
 		Args:    args(1, -1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			cl, err := c.Client()
-			if err != nil {
-				return err
-			}
-			var failed error
-			for _, name := range a {
-				ctx, cancel := shortContext(cmd.Context())
+			return c.forEachName(cmd.Context(), a, func(ctx context.Context, cl *Client, name string) error {
+				ctx, cancel := shortContext(ctx)
+				defer cancel()
 				_, err := cl.Namespaces.DeleteNamespace(ctx, &berthv1.DeleteNamespaceRequest{Name: name})
-				cancel()
-				if err != nil {
-					// Docker reports each failure and goes on with the rest.
-					fmt.Fprintln(c.Err, c.explain(err))
-					failed = errAlreadyReported
-					continue
-				}
-				fmt.Fprintln(c.Out, name)
-			}
-			return failed
+				return err
+			})
 		},
 	}
 	cmd.AddCommand(ls, create, rm)

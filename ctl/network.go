@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -142,24 +143,12 @@ func newNetworkCommand(c *CLI) *cobra.Command {
 		Short:   "Remove one or more networks",
 		Args:    args(1, -1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			cl, err := c.Client()
-			if err != nil {
-				return err
-			}
-			var failed error
-			for _, name := range a {
-				ctx, cancel := shortContext(cmd.Context())
+			return c.forEachName(cmd.Context(), a, func(ctx context.Context, cl *Client, name string) error {
+				ctx, cancel := shortContext(ctx)
+				defer cancel()
 				_, err := cl.Networks.RemoveNetwork(ctx, &berthv1.RemoveNetworkRequest{Name: name})
-				cancel()
-				if err != nil {
-					// Docker reports each failure and goes on with the rest.
-					fmt.Fprintln(c.Err, c.explain(err))
-					failed = errAlreadyReported
-					continue
-				}
-				fmt.Fprintln(c.Out, name)
-			}
-			return failed
+				return err
+			})
 		},
 	}
 	cmd.AddCommand(create, ls, inspect, rm)
