@@ -179,7 +179,16 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 }
 
 func (s *tasksService) StartTask(ctx context.Context, req *berthv1.StartTaskRequest) (*berthv1.StartTaskResponse, error) {
-	c, t, err := s.task(ctx, req.GetContainerId())
+	c, err := s.container(ctx, req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetExecId() == "" {
+		// A program that exits at once (true) is released by the exit
+		// handler; the lock holds that back until Start has returned.
+		defer s.a.taskLocks.lock(namespaces.FromContext(ctx), c.Id)()
+	}
+	t, err := s.a.runtime.Get(namespaces.FromContext(ctx), c.Id)
 	if err != nil {
 		return nil, err
 	}
