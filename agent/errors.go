@@ -7,55 +7,16 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/errdefs/errgrpc"
 	"github.com/berth-dev/berth/metadata/namespaces"
 )
 
-// toStatus maps an internal error to a gRPC status. This is the only place
-// where errdefs kinds become codes: inside berthd errors stay plain Go
-// errors wrapped with %w.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Unknown
-	switch {
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, errdefs.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, errdefs.ErrAlreadyExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, errdefs.ErrInvalidArgument):
-		code = codes.InvalidArgument
-	case errors.Is(err, errdefs.ErrFailedPrecondition):
-		code = codes.FailedPrecondition
-	case errors.Is(err, errdefs.ErrUnavailable):
-		code = codes.Unavailable
-	case errors.Is(err, errdefs.ErrNotImplemented):
-		code = codes.Unimplemented
-	case errors.Is(err, errdefs.ErrPermissionDenied):
-		code = codes.PermissionDenied
-	case errors.Is(err, errdefs.ErrUnauthenticated):
-		code = codes.Unauthenticated
-	case errors.Is(err, errdefs.ErrAborted):
-		code = codes.Aborted
-	case errors.Is(err, errdefs.ErrDataLoss):
-		code = codes.DataLoss
-	case errors.Is(err, errdefs.ErrResourceExhausted):
-		code = codes.ResourceExhausted
-	}
-	return status.Error(code, err.Error())
-}
+// toStatus maps an internal error to a gRPC status at the API edge: inside
+// berthd errors stay plain Go errors wrapped with %w.
+func toStatus(err error) error { return errgrpc.ToStatus(err) }
 
 // namespaceExempt lists the services whose calls are not about objects in
 // a namespace, so the namespace need not exist for them.

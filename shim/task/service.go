@@ -46,6 +46,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/errdefs/errgrpc"
 	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	"github.com/berth-dev/berth/shim/bundle"
 	"github.com/berth-dev/berth/shim/container"
@@ -472,35 +473,8 @@ func initStatus(err error) error {
 	return errStatus(err)
 }
 
-// errStatus maps errdefs kinds to codes.
-func errStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Unknown
-	switch {
-	case errors.Is(err, errdefs.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, errdefs.ErrInvalidArgument):
-		code = codes.InvalidArgument
-	case errors.Is(err, errdefs.ErrFailedPrecondition):
-		code = codes.FailedPrecondition
-	case errors.Is(err, errdefs.ErrNotImplemented):
-		code = codes.Unimplemented
-	case errors.Is(err, errdefs.ErrPermissionDenied):
-		code = codes.PermissionDenied
-	case errors.Is(err, errdefs.ErrAlreadyExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, errdefs.ErrUnavailable):
-		code = codes.Unavailable
-	case errors.Is(err, errdefs.ErrAborted):
-		code = codes.Aborted
-	}
-	return status.Error(code, err.Error())
-}
+// errStatus maps errdefs kinds to codes, as berthd's API edge does.
+func errStatus(err error) error { return errgrpc.ToStatus(err) }
 
 // Start implements ShimService: it runs the init or a created exec.
 func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.StartResponse, error) {
