@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -152,6 +153,10 @@ func runInit(sock syncSocket) *InitError {
 	}
 	warnings = append(warnings, w...)
 
+	// After ready the parent applies the pids limit, which may be as low
+	// as 1: from here to execve the Go runtime must not start threads,
+	// and the garbage collector is what would (its workers need Ms).
+	debug.SetGCPercent(-1)
 	if err := sock.send(syncMsg{Type: msgReady, Warnings: warnings}, -1); err != nil {
 		return nil // parent gone
 	}
