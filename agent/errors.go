@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -59,10 +60,12 @@ func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	begin := time.Now()
 	resp, err := handler(ctx, req)
 	if err != nil {
 		a.logCallError(info.FullMethod, err)
 	}
+	a.log.Debug("call", "method", info.FullMethod, "took", time.Since(begin))
 	return resp, toStatus(err)
 }
 
@@ -78,7 +81,9 @@ func (a *Agent) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 	if err != nil {
 		return toStatus(err)
 	}
+	begin := time.Now()
 	err = handler(srv, &serverStream{ServerStream: ss, ctx: ctx})
+	a.log.Debug("call", "method", info.FullMethod, "took", time.Since(begin))
 	if err != nil && !errors.Is(err, context.Canceled) {
 		a.logCallError(info.FullMethod, err)
 	}
