@@ -200,6 +200,7 @@ func serve(id, ns, bundleDir, state string, debugLog bool) error {
 		return err
 	}
 	defer svc.Close()
+	svc.SeccompCacheDir = filepath.Join(state, "seccomp")
 	srv := grpc.NewServer()
 	shimv1.RegisterShimServiceServer(srv, svc)
 	errc := make(chan error, 1)

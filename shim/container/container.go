@@ -93,6 +93,9 @@ type Config struct {
 	// (default cgroup.DefaultParent, "/berth"); the group is
 	// <CgroupParent>/<ID>.
 	CgroupParent string
+	// SeccompCacheDir, when set, keeps compiled seccomp programs across
+	// processes (see seccomp.go); berth-shim uses <state>/seccomp.
+	SeccompCacheDir string
 	// Logger receives the init's warnings (clamped limits, dropped
 	// capabilities); default slog.Default().
 	Logger *slog.Logger
@@ -111,6 +114,8 @@ type Container struct {
 
 	// pidsLimit is applied by Start (see Create); nil for none.
 	pidsLimit *specs.LinuxPids
+	// seccomp is the compiled profile, for Exec too; nil for none.
+	seccomp *seccompProgram
 
 	mu         sync.Mutex
 	sock       syncSocket // open until Start or Destroy
@@ -293,7 +298,11 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 	}()
 
-	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
+	// Compiled while the init's runtime starts; a bad profile fails here.
+	if c.seccomp, err = prepareSeccomp(spec.Linux.Seccomp, cfg.SeccompCacheDir); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal, Seccomp: c.seccomp}}
 	if err := parentSock.send(boot, -1); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()

@@ -164,7 +164,7 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 
 	spec := *c.spec
 	spec.Process = proc
-	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: &spec, Terminal: proc.Terminal}}, -1); err != nil {
+	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(&spec), Terminal: proc.Terminal, Seccomp: c.seccomp}}, -1); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	for {

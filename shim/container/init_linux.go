@@ -147,7 +147,7 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageRootfs, err)
 	}
 
-	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, spec.Linux.Seccomp)
+	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, cfg.Seccomp)
 	if ierr != nil {
 		return ierr
 	}
@@ -176,10 +176,11 @@ func runInit(sock syncSocket) *InitError {
 }
 
 // prepareProcess does the per-process part shared by the init and exec:
-// cwd, executable lookup, seccomp compilation, user and capabilities,
-// no_new_privs. When early is true the filter is already loaded (a
-// filter without no_new_privs must be); otherwise the caller loads it last.
-func prepareProcess(proc *specs.Process, sc *specs.LinuxSeccomp) (path string, filter *seccompProgram, early bool, warnings []string, ierr *InitError) {
+// cwd, executable lookup, user and capabilities, no_new_privs, and the
+// early load of filter when it must come before the user switch. When
+// early is true the filter is already loaded (a filter without
+// no_new_privs must be); otherwise the caller loads it last.
+func prepareProcess(proc *specs.Process, filter *seccompProgram) (path string, _ *seccompProgram, early bool, warnings []string, ierr *InitError) {
 	cwd := proc.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -194,12 +195,6 @@ func prepareProcess(proc *specs.Process, sc *specs.LinuxSeccomp) (path string, f
 	caps, warnings, err := resolveCaps(proc.Capabilities)
 	if err != nil {
 		return "", nil, false, nil, newInitError(StageUser, err)
-	}
-	if sc != nil {
-		// Compiled now so that a bad profile fails Create.
-		if filter, err = compileSeccomp(sc); err != nil {
-			return "", nil, false, nil, newInitError(StageSeccomp, err)
-		}
 	}
 	early = filter != nil && !proc.NoNewPrivileges
 	if early {
@@ -275,11 +270,7 @@ func runExecInit(sock syncSocket) *InitError {
 		return newInitError(StageProcess, err)
 	}
 	warnings = append(warnings, w...)
-	var sc *specs.LinuxSeccomp
-	if spec.Linux != nil {
-		sc = spec.Linux.Seccomp
-	}
-	path, filter, early, w, ierr := prepareProcess(spec.Process, sc)
+	path, filter, early, w, ierr := prepareProcess(spec.Process, m.Config.Seccomp)
 	if ierr != nil {
 		return ierr
 	}

@@ -3,28 +3,29 @@
 package container
 
 // Seccomp: the spec's profile is compiled to classic BPF with libseccomp
-// before the init reports ready (so a bad profile fails Create), and
-// loaded with a raw seccomp(2) after start, as late as possible, on the
-// init's only relevant thread (no TSYNC: the Go runtime's other threads
-// die at execve anyway). libseccomp's own no_new_privs default is turned
-// off: no_new_privs is the spec's decision.
+// by Create's caller (see seccomp.go), so a bad profile fails Create, and
+// loaded by the init with a raw seccomp(2) after start, as late as
+// possible, on its only relevant thread (no TSYNC: the Go runtime's other
+// threads die at execve anyway). libseccomp's own no_new_privs default is
+// turned off: no_new_privs is the spec's decision.
 
 import (
 	"fmt"
 	"io"
 	"os"
 	"strings"
-	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	libseccomp "github.com/seccomp/libseccomp-golang"
 	"golang.org/x/sys/unix"
 )
 
-// seccompProgram is a compiled filter, ready for seccomp(2).
-type seccompProgram struct {
-	filter []unix.SockFilter
-	flags  uintptr
+// seccompCompilerID names the compiler for the cache key: another
+// libseccomp version may compile the same profile differently.
+func seccompCompilerID() string {
+	major, minor, micro := libseccomp.GetLibraryVersion()
+	api, _ := libseccomp.GetAPI()
+	return fmt.Sprintf("libseccomp %d.%d.%d api %d", major, minor, micro, api)
 }
 
 func seccompAction(a specs.LinuxSeccompAction, errnoRet *uint) (libseccomp.ScmpAction, error) {
@@ -120,13 +121,11 @@ func compileSeccomp(s *specs.LinuxSeccomp) (*seccompProgram, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := len(raw) / int(unsafe.Sizeof(unix.SockFilter{}))
-	if n == 0 || n > 0xffff {
-		return nil, fmt.Errorf("seccomp filter of %d instructions: %w", n, unix.EINVAL)
+	p := &seccompProgram{Filter: raw, Flags: flags}
+	if err := p.validate(); err != nil {
+		return nil, err
 	}
-	prog := make([]unix.SockFilter, n)
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&prog[0])), len(raw)), raw)
-	return &seccompProgram{filter: prog, flags: flags}, nil
+	return p, nil
 }
 
 // addSeccompRule follows the OCI meaning of args: conditions on different
@@ -166,16 +165,6 @@ func addSeccompRule(f *libseccomp.ScmpFilter, call libseccomp.ScmpSyscall, act l
 		if err := f.AddRuleConditional(call, act, []libseccomp.ScmpCondition{c}); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// load installs the filter on the calling thread.
-func (p *seccompProgram) load() error {
-	fprog := unix.SockFprog{Len: uint16(len(p.filter)), Filter: &p.filter[0]}
-	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, p.flags, uintptr(unsafe.Pointer(&fprog)))
-	if errno != 0 {
-		return fmt.Errorf("load seccomp filter: %w", errno)
 	}
 	return nil
 }

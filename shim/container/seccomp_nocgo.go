@@ -10,13 +10,11 @@ import (
 	"github.com/berth-dev/berth/errdefs"
 )
 
-// seccompProgram is a compiled filter; without cgo there is no compiler.
-type seccompProgram struct{}
+// seccompCompilerID is empty without a compiler: nothing is cached.
+func seccompCompilerID() string { return "" }
 
 // compileSeccomp needs libseccomp, hence cgo: a spec that asks for seccomp
 // fails rather than running unconfined.
 func compileSeccomp(*specs.LinuxSeccomp) (*seccompProgram, error) {
 	return nil, fmt.Errorf("seccomp needs a cgo build with libseccomp: %w", errdefs.ErrNotImplemented)
 }
-
-func (*seccompProgram) load() error { return nil }

@@ -97,6 +97,23 @@ type initConfig struct {
 	Rootfs   string      `json:"rootfs"` // absolute host path
 	Bundle   string      `json:"bundle,omitempty"`
 	Terminal bool        `json:"terminal"`
+	// Seccomp is the spec's profile, compiled by the parent; the spec's
+	// own seccomp section is left out of the message.
+	Seccomp *seccompProgram `json:"seccomp,omitempty"`
+}
+
+// withoutSeccomp returns a shallow copy of spec without its seccomp
+// section, which the init gets compiled instead (and which is the bulk
+// of a default spec's JSON).
+func withoutSeccomp(spec *specs.Spec) *specs.Spec {
+	if spec.Linux == nil || spec.Linux.Seccomp == nil {
+		return spec
+	}
+	cp := *spec
+	l := *spec.Linux
+	l.Seccomp = nil
+	cp.Linux = &l
+	return &cp
 }
 
 // syncSocket is one end of the socketpair. It is a raw fd in blocking mode

@@ -112,6 +112,9 @@ type Service struct {
 	stop  context.CancelFunc
 	// Done is closed when a Shutdown call asks main to stop serving.
 	Done chan struct{}
+	// SeccompCacheDir keeps compiled seccomp programs across shims (set
+	// before serving; empty for none).
+	SeccompCacheDir string
 
 	// Loop-owned state.
 	c          *container.Container
@@ -363,6 +366,7 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	c, err := container.Create(ctx, container.Config{
 		ID: s.id, Bundle: s.bundleDir, Spec: &spec, Rootfs: rootfs, Stdio: stdio,
 		Terminal: terminal, CgroupParent: req.GetCgroupParent(), Logger: s.log,
+		SeccompCacheDir: s.SeccompCacheDir,
 	})
 	if err != nil {
 		return nil, initStatus(err)

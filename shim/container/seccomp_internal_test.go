@@ -1,0 +1,94 @@
+//go:build cgo
+
+package container
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func testProfile() *specs.LinuxSeccomp {
+	return &specs.LinuxSeccomp{
+		DefaultAction: specs.ActAllow,
+		Architectures: []specs.Arch{specs.ArchX86_64},
+		Syscalls: []specs.LinuxSyscall{
+			{Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno},
+		},
+	}
+}
+
+func forgetSeccomp() {
+	seccompMemo.Lock()
+	seccompMemo.m = nil
+	seccompMemo.Unlock()
+}
+
+// A second shim (a fresh process, here a cleared memo) finds the program
+// the first one compiled; a damaged cache file is compiled again and
+// replaced, never loaded.
+func TestSeccompCacheAcrossProcesses(t *testing.T) {
+	dir := t.TempDir()
+	forgetSeccomp()
+	first, err := prepareSeccomp(testProfile(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.bpf"))
+	if len(files) != 1 {
+		t.Fatalf("cache files after a compile: %v, want one", files)
+	}
+	forgetSeccomp()
+	second, err := prepareSeccomp(testProfile(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(first.Filter, second.Filter) || first.Flags != second.Flags {
+		t.Fatal("program read from the cache differs from the compiled one")
+	}
+
+	// Another profile is another entry.
+	other := testProfile()
+	other.Syscalls[0].Names = []string{"chmod"}
+	if _, err := prepareSeccomp(other, dir); err != nil {
+		t.Fatal(err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "*.bpf")); len(files) != 2 {
+		t.Fatalf("cache files for two profiles: %v", files)
+	}
+
+	// Flip one instruction byte: the checksum catches it.
+	data, _ := os.ReadFile(files[0])
+	data[len(data)-3] ^= 0xff
+	if err := os.WriteFile(files[0], data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readSeccompCache(files[0]); err == nil {
+		t.Fatal("a corrupt cache file was accepted")
+	}
+	forgetSeccomp()
+	if _, err := prepareSeccomp(testProfile(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prepareSeccomp(other, dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if _, err := readSeccompCache(f); err != nil {
+			t.Fatalf("cache file %s not rewritten after corruption: %v", f, err)
+		}
+	}
+}
+
+func TestSeccompBadProfileIsASeccompError(t *testing.T) {
+	forgetSeccomp()
+	_, err := prepareSeccomp(&specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_BOGUS"}, t.TempDir())
+	var ie *InitError
+	if !errors.As(err, &ie) || ie.Stage != StageSeccomp {
+		t.Fatalf("err = %v, want a seccomp-stage InitError", err)
+	}
+}
