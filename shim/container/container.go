@@ -93,6 +93,10 @@ type Config struct {
 	// (default cgroup.DefaultParent, "/berth"); the group is
 	// <CgroupParent>/<ID>.
 	CgroupParent string
+	// Prefork, when set, is an init started ahead by Prefork. Create
+	// takes it over (the caller must not use it again) when it was made
+	// with the namespaces the spec asks for, and closes it otherwise.
+	Prefork *Preforked
 	// SeccompCacheDir, when set, keeps compiled seccomp programs across
 	// processes (see seccomp.go); berth-shim uses <state>/seccomp.
 	SeccompCacheDir string
@@ -142,6 +146,8 @@ var cloneFlags = map[specs.LinuxNamespaceType]uintptr{
 // (an *InitError for failures inside the init). On error nothing is left
 // behind: no process, no cgroup.
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
+	// Create consumes a prefork in every case: taken below, or killed here.
+	defer cfg.Prefork.Close()
 	spec := cfg.Spec
 	switch {
 	case cfg.ID == "":
@@ -231,46 +237,37 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 	}()
 
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("create container %s: sync socket: %w", cfg.ID, err)
-	}
-	parentSock, childSock := syncSocket{fd: fds[0]}, fds[1]
-
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		parentSock.close()
-		unix.Close(childSock)
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
-	defer devnull.Close()
-	stdio := []*os.File{cfg.Stdio.Stdin, cfg.Stdio.Stdout, cfg.Stdio.Stderr}
-	files := make([]uintptr, 0, 4)
-	for _, f := range stdio {
-		if f == nil || terminal {
-			f = devnull
+	var (
+		pid, pidfd int
+		parentSock syncSocket
+		// passStdio: a preforked init was born with /dev/null as stdio
+		// and gets its streams with the bootstrap message.
+		passStdio []int
+	)
+	if pre := cfg.Prefork; pre != nil {
+		cfg.Prefork = nil
+		if pre.flags == flags && !exited(pre.pidfd) {
+			pid, pidfd, parentSock = pre.pid, pre.pidfd, pre.sock
+			*pre = Preforked{pidfd: -1, sock: syncSocket{fd: -1}}
+			if !terminal {
+				for _, f := range []*os.File{cfg.Stdio.Stdin, cfg.Stdio.Stdout, cfg.Stdio.Stderr} {
+					fd := -1
+					if f != nil {
+						fd = int(f.Fd())
+					}
+					passStdio = append(passStdio, fd)
+				}
+			}
+		} else {
+			pre.Close()
 		}
-		files = append(files, f.Fd())
 	}
-	files = append(files, uintptr(childSock))
-
-	pidfd := -1
-	pid, err := syscall.ForkExec("/proc/self/exe", []string{"berth-init", cfg.ID}, &syscall.ProcAttr{
-		Dir:   "/",
-		Env:   []string{initEnv + "=1"},
-		Files: files,
-		Sys: &syscall.SysProcAttr{
-			Cloneflags: flags,
-			// A session of its own: no signals from the shim's
-			// terminal, and the init can take a pty as its terminal.
-			Setsid: true,
-			PidFD:  &pidfd,
-		},
-	})
-	unix.Close(childSock)
-	if err != nil {
-		parentSock.close()
-		return nil, fmt.Errorf("create container %s: start init: %w", cfg.ID, err)
+	if pid == 0 {
+		var err error
+		pid, pidfd, parentSock, err = forkInit(flags, cfg.ID, cfg.Stdio, terminal)
+		if err != nil {
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
 	}
 	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log, pidsLimit: pidsLimit}
 	defer func() {
@@ -303,7 +300,11 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal, Seccomp: c.seccomp}}
-	if err := parentSock.send(boot, -1); err != nil {
+	if passStdio != nil {
+		boot.Config.Stdio = stdioMask(passStdio)
+		passStdio = compactFDs(passStdio)
+	}
+	if err := parentSock.send(boot, passStdio...); err != nil {
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
@@ -383,6 +384,122 @@ func watchContext(ctx context.Context, fd int) (stop func() bool) {
 		close(done)
 		return <-fired
 	}
+}
+
+// forkInit starts a container init: /proc/self/exe re-executed in new
+// namespaces (flags), in a session of its own, with stdio (or /dev/null)
+// as fds 0-2 and its end of the sync socket as fd 3. It returns the pid,
+// a pidfd and the parent's end of the socket.
+func forkInit(flags uintptr, id string, stdio Stdio, terminal bool) (pid, pidfd int, sock syncSocket, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, -1, syncSocket{fd: -1}, fmt.Errorf("sync socket: %w", err)
+	}
+	parentSock, childSock := syncSocket{fd: fds[0]}, fds[1]
+	defer unix.Close(childSock)
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		parentSock.close()
+		return 0, -1, syncSocket{fd: -1}, err
+	}
+	defer devnull.Close()
+	files := make([]uintptr, 0, 4)
+	for _, f := range []*os.File{stdio.Stdin, stdio.Stdout, stdio.Stderr} {
+		if f == nil || terminal {
+			f = devnull
+		}
+		files = append(files, f.Fd())
+	}
+	files = append(files, uintptr(childSock))
+	argv := []string{"berth-init"}
+	if id != "" {
+		argv = append(argv, id)
+	}
+	pidfd = -1
+	pid, err = syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{initEnv + "=" + initEnvCreate},
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			Cloneflags: flags,
+			// A session of its own: no signals from the shim's
+			// terminal, and the init can take a pty as its terminal.
+			Setsid: true,
+			PidFD:  &pidfd,
+		},
+	})
+	if err != nil {
+		parentSock.close()
+		return 0, -1, syncSocket{fd: -1}, fmt.Errorf("start init: %w", err)
+	}
+	return pid, pidfd, parentSock, nil
+}
+
+// Preforked is a container init started before its container is known:
+// the runtime start-up of the re-executed binary (the larger part of a
+// Create) is paid while nothing waits. It sits in its new namespaces,
+// outside any container cgroup, running nothing but that start-up until
+// Create hands it a bootstrap message; a Preforked whose parent goes away
+// exits on the sync socket's EOF.
+type Preforked struct {
+	pid, pidfd int
+	sock       syncSocket
+	flags      uintptr
+}
+
+// DefaultNamespaces are the namespaces Berth's default spec creates by
+// clone (the network namespace is joined by path, as berthd pins one for
+// every container): what Prefork creates.
+const DefaultNamespaces = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// Prefork starts an init with the given clone flags (normally
+// DefaultNamespaces) for a later Create. The caller must reap it if it
+// is never used: Close does.
+func Prefork(flags uintptr) (*Preforked, error) {
+	if flags&unix.CLONE_NEWNS == 0 {
+		return nil, fmt.Errorf("prefork: a new mount namespace is required: %w", errdefs.ErrInvalidArgument)
+	}
+	pid, pidfd, sock, err := forkInit(flags, "", Stdio{}, false)
+	if err != nil {
+		return nil, fmt.Errorf("prefork: %w", err)
+	}
+	return &Preforked{pid: pid, pidfd: pidfd, sock: sock, flags: flags}, nil
+}
+
+// Pid is the preforked init's pid (0 once Create took it).
+func (p *Preforked) Pid() int { return p.pid }
+
+// Close kills and reaps an unused preforked init. It is a no-op once
+// Create has taken it, and idempotent.
+func (p *Preforked) Close() {
+	if p == nil || p.pidfd < 0 {
+		return
+	}
+	_ = unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0)
+	waitPidfd(p.pidfd)
+	unix.Close(p.pidfd)
+	p.sock.close()
+	*p = Preforked{pidfd: -1, sock: syncSocket{fd: -1}}
+}
+
+// stdioMask says which of stdin, stdout and stderr travel with the
+// bootstrap message, in that order (a missing one is /dev/null).
+func stdioMask(fds []int) []bool {
+	m := make([]bool, len(fds))
+	for i, fd := range fds {
+		m[i] = fd >= 0
+	}
+	return m
+}
+
+func compactFDs(fds []int) []int {
+	out := fds[:0:0]
+	for _, fd := range fds {
+		if fd >= 0 {
+			out = append(out, fd)
+		}
+	}
+	return out
 }
 
 // splitPidsLimit returns r without its pids limit, and the limit.

@@ -66,6 +66,8 @@ type fixture struct {
 	out    *os.File
 	c      *container.Container
 	reaped bool
+	// prefork, when set, is handed to the next create.
+	prefork *container.Preforked
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -107,7 +109,9 @@ func (f *fixture) create(spec *specs.Spec) (*container.Container, error) {
 		Spec:         spec,
 		Stdio:        container.Stdio{Stdout: f.out, Stderr: f.out},
 		CgroupParent: testCgroupParent,
+		Prefork:      f.prefork,
 	})
+	f.prefork = nil
 	if err == nil {
 		f.c = c
 	}
@@ -1049,5 +1053,93 @@ echo end`)
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q", s)
 		}
+	}
+}
+
+// A preforked init, started before the container was known, becomes the
+// container: same namespaces, the streams it was given only at Create,
+// the cgroup, and PID 1.
+func TestPreforkedInitBecomesTheContainer(t *testing.T) {
+	f := newFixture(t)
+	pre, err := container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prePid := pre.Pid()
+	f.prefork = pre
+	spec := f.spec("sh", "-c", "echo $$; hostname; echo to-stderr >&2; cat /proc/self/cgroup; exit 7")
+	spec.Hostname = "pre-1"
+	c := f.mustStart(spec)
+	if c.Pid() != prePid {
+		t.Errorf("container pid %d, want the preforked init's %d", c.Pid(), prePid)
+	}
+	ws := f.wait(20 * time.Second)
+	out := f.output()
+	t.Logf("output:\n%s", out)
+	if ws.ExitStatus() != 7 {
+		t.Errorf("exit status %v, want 7", ws)
+	}
+	lines := strings.Split(out, "\n")
+	if len(lines) < 3 || lines[0] != "1" || lines[1] != "pre-1" {
+		t.Errorf("output %q: want pid 1 and hostname pre-1", out)
+	}
+	if !strings.Contains(out, "to-stderr") {
+		t.Error("stderr of the preforked init did not reach the container's stderr")
+	}
+	if !strings.Contains(out, "memory:"+c.CgroupPath()) {
+		t.Errorf("preforked init not in the container's cgroup %s", c.CgroupPath())
+	}
+}
+
+// A prefork made with other namespaces than the spec asks for is not
+// used: Create kills and reaps it and starts a fresh init; nothing of the
+// prefork remains.
+func TestMismatchedPreforkIsDiscarded(t *testing.T) {
+	f := newFixture(t)
+	pre, err := container.Prefork(container.DefaultNamespaces) // spec wants a new netns too
+	if err != nil {
+		t.Fatal(err)
+	}
+	prePid := pre.Pid()
+	f.prefork = pre
+	c := f.mustStart(f.spec("sh", "-c", "echo ran"))
+	if c.Pid() == prePid {
+		t.Fatal("a prefork without the spec's network namespace was used")
+	}
+	if ws := f.wait(20 * time.Second); ws.ExitStatus() != 0 || !strings.Contains(f.output(), "ran") {
+		t.Fatalf("exit %v, output %q", ws, f.output())
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", prePid)); err == nil {
+		t.Errorf("discarded prefork %d still exists (not killed or not reaped)", prePid)
+	}
+}
+
+// An unused prefork is killed and reaped by Close, and a bad spec given
+// with a prefork consumes it too.
+func TestPreforkCloseAndFailedCreate(t *testing.T) {
+	f := newFixture(t)
+	pre, err := container.Prefork(container.DefaultNamespaces)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := pre.Pid()
+	pre.Close()
+	pre.Close() // idempotent
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("closed prefork %d still exists", pid)
+	}
+	pre, err = container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid = pre.Pid()
+	f.prefork = pre
+	spec := f.spec("true")
+	spec.Process.Args = nil
+	if _, err := f.create(spec); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("create without args: %v, want invalid argument", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("prefork %d given to a failed Create still exists", pid)
 	}
 }

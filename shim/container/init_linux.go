@@ -74,7 +74,7 @@ func Init() {
 }
 
 func runInit(sock syncSocket) *InitError {
-	m, _, err := sock.recv()
+	m, fds, err := sock.recvFDs()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil // parent gone; nobody to tell
@@ -82,7 +82,11 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageBootstrap, err)
 	}
 	if m.Type != msgBootstrap || m.Config == nil || m.Config.Spec == nil || m.Config.Spec.Process == nil || m.Config.Spec.Linux == nil {
+		closeFDs(fds)
 		return &InitError{Stage: StageBootstrap, Message: fmt.Sprintf("unexpected %q message", m.Type), Errno: unix.EPROTO}
+	}
+	if err := takeStdio(m.Config.Stdio, fds); err != nil {
+		return newInitError(StageBootstrap, err)
 	}
 	cfg := m.Config
 	spec := cfg.Spec
@@ -173,6 +177,33 @@ func runInit(sock syncSocket) *InitError {
 		filter = nil
 	}
 	return execProcess(path, spec.Process, filter)
+}
+
+// takeStdio puts the streams a preforked init received with its
+// bootstrap message on fds 0-2 (mask says which of the three came, in
+// order); the received descriptors are closed.
+func takeStdio(mask []bool, fds []int) error {
+	defer closeFDs(fds)
+	n := 0
+	for _, present := range mask {
+		if present {
+			n++
+		}
+	}
+	if n != len(fds) || len(mask) > 3 {
+		return fmt.Errorf("bootstrap carried %d descriptors for %d streams", len(fds), n)
+	}
+	next := 0
+	for target, present := range mask {
+		if !present {
+			continue
+		}
+		if err := unix.Dup3(fds[next], target, 0); err != nil {
+			return fmt.Errorf("stdio fd %d: %w", target, err)
+		}
+		next++
+	}
+	return nil
 }
 
 // prepareProcess does the per-process part shared by the init and exec:

@@ -100,6 +100,10 @@ type initConfig struct {
 	// Seccomp is the spec's profile, compiled by the parent; the spec's
 	// own seccomp section is left out of the message.
 	Seccomp *seccompProgram `json:"seccomp,omitempty"`
+	// Stdio is set for a preforked init: which of stdin, stdout and
+	// stderr came as descriptors with this message (in that order); the
+	// others stay /dev/null.
+	Stdio []bool `json:"stdio,omitempty"`
 }
 
 // withoutSeccomp returns a shallow copy of spec without its seccomp
@@ -121,14 +125,26 @@ func withoutSeccomp(spec *specs.Spec) *specs.Spec {
 // the parent can interrupt a blocked read with shutdown(2).
 type syncSocket struct{ fd int }
 
-func (s syncSocket) send(m syncMsg, passFD int) error {
+// maxPassFDs is the most descriptors one message carries (a preforked
+// init's stdio).
+const maxPassFDs = 3
+
+// send writes m as one datagram, with the descriptors passFDs (negative
+// ones are skipped) as SCM_RIGHTS.
+func (s syncSocket) send(m syncMsg, passFDs ...int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s message: %w", m.Type, err)
 	}
+	var fds []int
+	for _, fd := range passFDs {
+		if fd >= 0 {
+			fds = append(fds, fd)
+		}
+	}
 	var oob []byte
-	if passFD >= 0 {
-		oob = unix.UnixRights(passFD)
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
 	for {
 		err = unix.Sendmsg(s.fd, b, oob, nil, 0)
@@ -144,10 +160,22 @@ func (s syncSocket) send(m syncMsg, passFD int) error {
 
 // recv reads one message; io.EOF means the other end is gone (or, after
 // start, that execve succeeded). A passed descriptor, if any, is returned
-// (else -1) and belongs to the caller.
+// (else -1) and belongs to the caller; extra ones are closed.
 func (s syncSocket) recv() (syncMsg, int, error) {
+	m, fds, err := s.recvFDs()
+	if len(fds) == 0 {
+		return m, -1, err
+	}
+	for _, fd := range fds[1:] {
+		unix.Close(fd)
+	}
+	return m, fds[0], err
+}
+
+// recvFDs is recv keeping every passed descriptor, in order.
+func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 	buf := make([]byte, maxSyncMsg)
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4*maxPassFDs))
 	var (
 		n, oobn, flags int
 		err            error
@@ -159,40 +187,39 @@ func (s syncSocket) recv() (syncMsg, int, error) {
 		}
 	}
 	if err != nil {
-		return syncMsg{}, -1, fmt.Errorf("receive sync message: %w", err)
+		return syncMsg{}, nil, fmt.Errorf("receive sync message: %w", err)
 	}
-	passed := -1
+	var passed []int
 	if oobn > 0 {
 		cmsgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
 		if perr == nil {
 			for _, c := range cmsgs {
 				fds, ferr := unix.ParseUnixRights(&c)
-				if ferr != nil {
-					continue
-				}
-				for _, fd := range fds {
-					if passed < 0 {
-						passed = fd
-					} else {
-						unix.Close(fd)
-					}
+				if ferr == nil {
+					passed = append(passed, fds...)
 				}
 			}
 		}
 	}
 	if n == 0 && oobn == 0 {
-		return syncMsg{}, -1, io.EOF
+		return syncMsg{}, nil, io.EOF
 	}
-	if flags&unix.MSG_TRUNC != 0 {
-		closeFD(passed)
-		return syncMsg{}, -1, errors.New("sync message truncated")
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		closeFDs(passed)
+		return syncMsg{}, nil, errors.New("sync message truncated")
 	}
 	var m syncMsg
 	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		closeFD(passed)
-		return syncMsg{}, -1, fmt.Errorf("decode sync message: %w", err)
+		closeFDs(passed)
+		return syncMsg{}, nil, fmt.Errorf("decode sync message: %w", err)
 	}
 	return m, passed, nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
 }
 
 func closeFD(fd int) {
