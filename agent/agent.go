@@ -172,8 +172,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	a.runtime = runtime.New(runtime.Config{
 		State: cfg.State, ShimBinary: shimBinary(), Log: log.With("component", "runtime"),
 		OnEvent: a.onTaskEvent, ShimDebug: log.Enabled(context.Background(), slog.LevelDebug),
+		WarmShims: cfg.Runtime.WarmShims,
 	})
 	a.recoverTasks(context.Background())
+	a.runtime.StartWarm()
 	a.server = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(a.unaryInterceptor),
 		grpc.ChainStreamInterceptor(a.streamInterceptor),

@@ -82,7 +82,7 @@ func (r *rt) connect() {
 
 // reapLeftovers is the backstop of every runtime test's cleanup.
 func reapLeftovers(t testing.TB, state, cgParent string) {
-	for _, pid := range processesMentioning(state) {
+	for _, pid := range append(processesMentioning(state), warmShims(state)...) {
 		t.Logf("cleanup: killing leftover process %d", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
@@ -96,8 +96,36 @@ func reapLeftovers(t testing.TB, state, cgParent string) {
 }
 
 // processesMentioning lists the shims whose command line contains s (they
-// carry their state dir in their arguments); berthd itself is not one.
+// all name berthd's state dir), idle warm shims excepted: berthd keeps
+// those on purpose (runtime.warm_shims), and warmShims counts them.
 func processesMentioning(s string) []int {
+	var out []int
+	for _, pid := range shimsMentioning(s) {
+		if !isIdleWarm(pid, s) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// warmShims lists the idle warm shims of the berthd whose state dir is
+// state: shims whose working directory is still their warm directory.
+func warmShims(state string) []int {
+	var out []int
+	for _, pid := range shimsMentioning(state) {
+		if isIdleWarm(pid, state) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func isIdleWarm(pid int, state string) bool {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return err == nil && strings.HasPrefix(cwd, filepath.Join(state, "warm")+"/")
+}
+
+func shimsMentioning(s string) []int {
 	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {

@@ -20,7 +20,7 @@ import (
 
 // footprint is what a run/rm cycle must give back.
 type footprint struct {
-	goroutines, fds, mounts, cgroups, sockets, shims, bundles, logDirs, snapshots int
+	goroutines, fds, mounts, cgroups, sockets, shims, warm, bundles, logDirs, snapshots int
 }
 
 func (r *rt) footprint(debugSock string) footprint {
@@ -41,6 +41,7 @@ func (r *rt) footprint(debugSock string) footprint {
 	socks, _ := os.ReadDir(filepath.Join(r.d.state, "s"))
 	f.sockets = len(socks)
 	f.shims = len(processesMentioning(r.d.state))
+	f.warm = len(warmShims(r.d.state))
 	bundles, _ := os.ReadDir(filepath.Join(r.d.state, "tasks", "default"))
 	f.bundles = len(bundles)
 	logs, _ := os.ReadDir(filepath.Join(r.d.root, "containers", "default"))
@@ -157,7 +158,9 @@ func TestRunRemoveCyclesLeakNothing(t *testing.T) {
 	if after.goroutines > before.goroutines+2 || after.fds > before.fds {
 		t.Errorf("berthd grew: goroutines %d → %d, fds %d → %d", before.goroutines, after.goroutines, before.fds, after.fds)
 	}
-	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.bundles != 0 || after.logDirs != 0 ||
+	// One idle warm shim (runtime.warm_shims = 1) may stand ready, and no
+	// more: its socket is in its own directory, not among the tasks'.
+	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.warm > 1 || after.bundles != 0 || after.logDirs != 0 ||
 		after.snapshots != before.snapshots || before.snapshots == 0 {
 		t.Errorf("left behind after %d cycles: %+v", cycles, after)
 	}

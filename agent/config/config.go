@@ -40,12 +40,17 @@ type Config struct {
 	Logs            Logs     `toml:"logs"`
 	Images          Images   `toml:"images"`
 	Network         Network  `toml:"network"`
+	Runtime         Runtime  `toml:"runtime"`
 	// Registry configures registry hosts by the domain references name
 	// ("docker.io", "127.0.0.1:5000").
 	Registry map[string]RegistryHost `toml:"registry"`
 }
 
 // Images configures pulls and garbage collection.
+type Runtime struct {
+	WarmShims int `toml:"warm_shims"`
+}
+
 type Images struct {
 	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads"`
 	IngestExpiry           Duration `toml:"ingest_expiry"`
@@ -161,6 +166,13 @@ max_size = 10485760
 # included.
 max_files = 3
 
+[runtime]
+# warm_shims is how many shims berthd keeps started ahead, each with a
+# container init already forked, so that a container start adopts one
+# instead of waiting for a shim to start (about 2/3 of a start's time
+# here). Each costs an idle shim and init, a few MiB. 0 turns it off.
+warm_shims = 1
+
 [images]
 # max_concurrent_downloads bounds the layers one pull downloads at once.
 max_concurrent_downloads = 3
@@ -268,6 +280,9 @@ func (c *Config) Validate() error {
 	if c.TCP.Address != "" && !c.TCP.Insecure && (c.TCP.TLSCert == "" || c.TCP.TLSKey == "" || c.TCP.TLSCA == "") {
 		return fmt.Errorf("tcp address %s needs mutual TLS (--tls-cert, --tls-key, --tls-ca or [tcp] tls_cert, tls_key, tls_ca), or plain TCP with --insecure-tcp: %w",
 			c.TCP.Address, errdefs.ErrInvalidArgument)
+	}
+	if n := c.Runtime.WarmShims; n < 0 || n > 16 {
+		return fmt.Errorf("runtime.warm_shims %d: use 0 to 16: %w", n, errdefs.ErrInvalidArgument)
 	}
 	if n := c.Images.MaxConcurrentDownloads; n < 1 || n > 64 {
 		return fmt.Errorf("images.max_concurrent_downloads %d: use 1 to 64: %w", n, errdefs.ErrInvalidArgument)

@@ -70,6 +70,9 @@ type Config struct {
 	OnEvent func(ns, id string, ev *shimv1.EventsResponse)
 	// ShimDebug starts shims with debug logging.
 	ShimDebug bool
+	// WarmShims is how many shims to keep started ahead, each with a
+	// container init preforked, for the next task creates (0: none).
+	WarmShims int
 }
 
 // Manager runs tasks. Its methods are safe for concurrent use.
@@ -79,9 +82,12 @@ type Manager struct {
 	mu    sync.Mutex
 	tasks map[string]*Task // key ns/id
 
-	wg     sync.WaitGroup // event goroutines
+	wg     sync.WaitGroup // event goroutines and the warm pool keeper
 	ctx    context.Context
 	cancel context.CancelFunc
+
+	warm    chan *warmShim // idle warm shims
+	refillc chan struct{}  // wakes the pool keeper
 }
 
 // New returns a Manager; call Reconnect before serving.
@@ -93,7 +99,22 @@ func New(cfg Config) *Manager {
 		cfg.OnEvent = func(string, string, *shimv1.EventsResponse) {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{cfg: cfg, tasks: map[string]*Task{}, ctx: ctx, cancel: cancel}
+	return &Manager{cfg: cfg, tasks: map[string]*Task{}, ctx: ctx, cancel: cancel,
+		warm: make(chan *warmShim, max(cfg.WarmShims, 0)), refillc: make(chan struct{}, 1)}
+}
+
+// StartWarm removes warm shims' leftovers from an earlier run and starts
+// keeping Config.WarmShims warm shims (see warm.go). Call it once, after
+// Reconnect; Close stops them.
+func (m *Manager) StartWarm() {
+	if err := removeStaleWarm(m.cfg.State); err != nil {
+		m.cfg.Log.Warn("remove stale warm shims", "err", err)
+	}
+	if cap(m.warm) == 0 {
+		return
+	}
+	m.wg.Add(1)
+	go m.keepWarm()
 }
 
 // Task is a container's live task: its bundle and its shim connection.
@@ -204,11 +225,22 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 		return nil, err
 	}
 	tSpec := time.Now()
-	b, err := m.startShim(ctx, o.NS, o.ID, dir)
-	tShim := time.Now()
-	if err != nil {
-		return nil, err
+	var b *shimv1.Bootstrap
+	warm := "no"
+	if w := m.takeWarm(); w != nil {
+		defer m.refill()
+		if b, err = m.adopt(w, o.NS, o.ID, dir); err != nil {
+			m.cfg.Log.Warn("adopt a warm shim; starting one", "container", o.ID, "err", err)
+		} else {
+			warm = "yes"
+		}
 	}
+	if b == nil {
+		if b, err = m.startShim(ctx, o.NS, o.ID, dir); err != nil {
+			return nil, err
+		}
+	}
+	tShim := time.Now()
 	t, err = m.dial(o.NS, o.ID, dir, b)
 	if err != nil {
 		// The shim runs but cannot be reached: stop it by pid.
@@ -217,7 +249,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	}
 	tDial := time.Now()
 	defer func() {
-		m.cfg.Log.Debug("task created", "container", o.ID, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
+		m.cfg.Log.Debug("task created", "container", o.ID, "warm", warm, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
 	}()
 	if _, err := t.Shim.Create(ctx, &shimv1.CreateRequest{Id: o.ID, Bundle: dir, Terminal: o.Terminal, Stdin: o.Stdin,
 		Log: o.Log, CgroupParent: o.CgroupParent}); err != nil {
@@ -553,7 +585,8 @@ func (m *Manager) reconnectOne(dir string) Recovered {
 }
 
 // Close stops following events and closes the shim connections. The
-// shims keep running: a restarted berthd reconnects to them.
+// shims keep running: a restarted berthd reconnects to them. Warm shims
+// stop.
 func (m *Manager) Close() {
 	m.cancel()
 	m.wg.Wait()

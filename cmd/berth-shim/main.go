@@ -19,11 +19,18 @@
 // serve is a child subreaper (exec'd processes are reparented to it),
 // serves ShimService on fd 3, and exits after a Shutdown call, removing
 // its socket.
+//
+// `berth-shim start --warm --state STATE` starts a warm shim, one not yet
+// bound to a container, which berthd adopts for a later task over the
+// control socket it passes as fd 3; see shim/bundle/warm.go.
 package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
+	"io"
 	"fmt"
 	"log/slog"
 	"net"
@@ -69,8 +76,30 @@ func main() {
 	bundleDir := fs.String("bundle", "", "bundle directory")
 	state := fs.String("state", "", "berthd's state directory")
 	debugLog := fs.Bool("debug", false, "debug logging")
+	warm := fs.Bool("warm", false, "start a warm shim, adopted later by berthd (see shim/bundle/warm.go)")
+	warmDir := fs.String("dir", "", "serve --warm: the warm shim's directory")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)
+	}
+	if *warm {
+		if *state == "" || !filepath.IsAbs(*state) {
+			fmt.Fprintln(os.Stderr, "berth-shim: --state must be an absolute path")
+			os.Exit(2)
+		}
+		var err error
+		switch os.Args[1] {
+		case "start":
+			err = startWarm(*state, *debugLog)
+		case "serve":
+			err = serveWarm(*state, *warmDir, *debugLog)
+		default:
+			err = fmt.Errorf("unknown command %q (start)", os.Args[1])
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "berth-shim %s --warm: %v\n", os.Args[1], err)
+			os.Exit(1)
+		}
+		return
 	}
 	for _, v := range []struct{ field, val string }{{"id", *id}, {"namespace", *ns}} {
 		if err := identifiers.Validate(v.field, v.val); err != nil {
@@ -111,6 +140,44 @@ func start(id, ns, bundleDir, state string, debugLog bool) error {
 		return fmt.Errorf("socket %s is served by a running shim: delete that task first", sock)
 	}
 	os.Remove(sock)
+	args := []string{"serve", "--id", id, "--namespace", ns, "--bundle", bundleDir, "--state", state}
+	if debugLog {
+		args = append(args, "--debug")
+	}
+	return launch(sock, bundleDir, args, nil)
+}
+
+// startWarm is start for a warm shim: its socket and log go to a fresh
+// directory under bundle.WarmDir, and the control socket (fd 3) is handed
+// on to serve as fd 4.
+func startWarm(state string, debugLog bool) error {
+	ctl := os.NewFile(3, "control")
+	if ctl == nil {
+		return errors.New("no control socket on fd 3 (started by berthd?)")
+	}
+	defer ctl.Close()
+	if err := os.MkdirAll(bundle.WarmDir(state), 0o700); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp(bundle.WarmDir(state), "")
+	if err != nil {
+		return err
+	}
+	args := []string{"serve", "--warm", "--state", state, "--dir", dir}
+	if debugLog {
+		args = append(args, "--debug")
+	}
+	if err := launch(filepath.Join(dir, bundle.WarmSocketName), dir, args, ctl); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	return nil
+}
+
+// launch binds sock, re-executes this binary with args in its own session
+// (cwd dir, the listener as fd 3, extra as fd 4 when set, stderr appended
+// to dir's shim.log) and prints the bootstrap record.
+func launch(sock, dir string, args []string, extra *os.File) error {
 	old := unix.Umask(0o177)
 	l, err := net.Listen("unix", sock)
 	unix.Umask(old)
@@ -128,7 +195,7 @@ func start(id, ns, bundleDir, state string, debugLog bool) error {
 		return err
 	}
 	defer lf.Close()
-	logf, err := os.OpenFile(filepath.Join(bundleDir, bundle.ShimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(filepath.Join(dir, bundle.ShimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		os.Remove(sock)
 		return err
@@ -139,14 +206,13 @@ func start(id, ns, bundleDir, state string, debugLog bool) error {
 		os.Remove(sock)
 		return err
 	}
-	args := []string{"serve", "--id", id, "--namespace", ns, "--bundle", bundleDir, "--state", state}
-	if debugLog {
-		args = append(args, "--debug")
-	}
 	cmd := exec.Command(self, args...)
-	cmd.Dir = bundleDir
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = nil, logf // stdin/stdout: /dev/null
 	cmd.ExtraFiles = []*os.File{lf}
+	if extra != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, extra)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		os.Remove(sock)
@@ -167,6 +233,17 @@ func start(id, ns, bundleDir, state string, debugLog bool) error {
 
 // serve runs the long-lived shim.
 func serve(id, ns, bundleDir, state string, debugLog bool) error {
+	log, l, err := setupServe(debugLog)
+	if err != nil {
+		return err
+	}
+	log = log.With("id", id, "namespace", ns)
+	return run(log, l, id, ns, bundleDir, state, nil)
+}
+
+// setupServe is what every long-lived shim does first: runtime settings,
+// logging, subreaper, signals, and the listener on fd 3.
+func setupServe(debugLog bool) (*slog.Logger, net.Listener, error) {
 	// A shim is one per container: keep its heap small. The GC runs more
 	// often, which costs little in a process that mostly sleeps. (No
 	// memory limit: one below the runtime's own few MiB makes the GC run
@@ -179,9 +256,9 @@ func serve(id, ns, bundleDir, state string, debugLog bool) error {
 	if debugLog {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("id", id, "namespace", ns)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("become a child subreaper: %w", err)
+		return nil, nil, fmt.Errorf("become a child subreaper: %w", err)
 	}
 	// berthd's terminal signals never reach us (own session); SIGTERM
 	// from the system is ignored too: the agent decides when we go.
@@ -190,17 +267,27 @@ func serve(id, ns, bundleDir, state string, debugLog bool) error {
 	l, err := net.FileListener(lf)
 	lf.Close() // FileListener holds a dup; fd 3 must not linger for children
 	if err != nil {
-		return fmt.Errorf("listener on fd 3: %w", err)
+		return nil, nil, fmt.Errorf("listener on fd 3: %w", err)
 	}
+	return log, l, nil
+}
+
+// run serves ShimService for container (ns, id) on l until Shutdown. pre,
+// if set, is a preforked init for the container's Create; committed, if
+// set, is closed when berthd commits the adoption or yields an error when
+// it never will (then the shim stops).
+func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre *container.Preforked) error {
 	sock := bundle.SocketPath(state, ns, id)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	svc, err := task.New(ctx, id, ns, bundleDir, log)
 	if err != nil {
+		pre.Close()
 		return err
 	}
 	defer svc.Close()
 	svc.SeccompCacheDir = filepath.Join(state, "seccomp")
+	svc.Prefork = pre
 	srv := grpc.NewServer()
 	shimv1.RegisterShimServiceServer(srv, svc)
 	errc := make(chan error, 1)
@@ -216,4 +303,125 @@ func serve(id, ns, bundleDir, state string, debugLog bool) error {
 	}
 	os.Remove(sock)
 	return err
+}
+
+// serveWarm is a warm shim: it preforks a container init, waits to be
+// adopted over the control socket (fd 4), then serves like any shim.
+func serveWarm(state, dir string, debugLog bool) error {
+	if dir == "" || filepath.Dir(dir) != bundle.WarmDir(state) {
+		return fmt.Errorf("--dir %q is not a directory under %s", dir, bundle.WarmDir(state))
+	}
+	ctl := os.NewFile(4, "control")
+	unix.CloseOnExec(4) // never inherited by the init or exec'd processes
+	log, l, err := setupServe(debugLog)
+	if err != nil {
+		return err
+	}
+	warmSock := filepath.Join(dir, bundle.WarmSocketName)
+	// Until adopted, every way out removes what this shim made.
+	abandon := func() {
+		l.Close()
+		os.Remove(warmSock)
+		os.RemoveAll(dir)
+	}
+	pre, err := container.Prefork(container.DefaultNamespaces)
+	if err != nil {
+		// Still useful: only the init's start-up is not saved.
+		log.Warn("prefork a container init", "err", err)
+	}
+	req, err := readAdopt(ctl)
+	if err != nil {
+		pre.Close()
+		abandon()
+		if errors.Is(err, io.EOF) {
+			return nil // berthd went away before using us
+		}
+		return err
+	}
+	if err := adopt(state, dir, req); err != nil {
+		writeAdoptReply(ctl, err)
+		pre.Close()
+		abandon()
+		return err
+	}
+	log = log.With("id", req.ID, "namespace", req.Namespace)
+	sock := bundle.SocketPath(state, req.Namespace, req.ID)
+	// The commit, or EOF: berthd went away before recording this shim in
+	// the bundle, so nobody would ever find it. Stop.
+	go func() {
+		defer ctl.Close()
+		next, err := readAdopt(ctl)
+		if err == nil && next.Commit {
+			return
+		}
+		log.Warn("adoption not committed by berthd; stopping", "err", err)
+		l.Close()
+	}()
+	if err := writeAdoptReply(ctl, nil); err != nil {
+		pre.Close()
+		l.Close()
+		os.Remove(sock)
+		return err
+	}
+	return run(log, l, req.ID, req.Namespace, req.Bundle, state, pre)
+}
+
+// adopt binds this warm shim to the container: log, cwd and socket move
+// to the container's, and the warm directory goes.
+func adopt(state, dir string, req bundle.AdoptRequest) error {
+	for _, v := range []struct{ field, val string }{{"id", req.ID}, {"namespace", req.Namespace}} {
+		if err := identifiers.Validate(v.field, v.val); err != nil {
+			return err
+		}
+	}
+	if req.Bundle != bundle.Dir(state, req.Namespace, req.ID) {
+		return fmt.Errorf("bundle %q is not the task's bundle %s", req.Bundle, bundle.Dir(state, req.Namespace, req.ID))
+	}
+	logf, err := os.OpenFile(filepath.Join(req.Bundle, bundle.ShimLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	err = unix.Dup3(int(logf.Fd()), 2, 0)
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("log to the bundle: %w", err)
+	}
+	if err := os.Chdir(req.Bundle); err != nil {
+		return err
+	}
+	sock := bundle.SocketPath(state, req.Namespace, req.ID)
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(dir, bundle.WarmSocketName), sock); err != nil {
+		return fmt.Errorf("move the socket: %w", err)
+	}
+	os.RemoveAll(dir)
+	return nil
+}
+
+func readAdopt(ctl *os.File) (bundle.AdoptRequest, error) {
+	var req bundle.AdoptRequest
+	buf := make([]byte, 64<<10)
+	n, err := ctl.Read(buf)
+	if err != nil {
+		return req, err
+	}
+	if n == 0 {
+		return req, io.EOF
+	}
+	if err := json.Unmarshal(buf[:n], &req); err != nil {
+		return req, fmt.Errorf("adopt request: %w", err)
+	}
+	return req, nil
+}
+
+func writeAdoptReply(ctl *os.File, err error) error {
+	var r bundle.AdoptReply
+	if err != nil {
+		r.Error = err.Error()
+	}
+	data, _ := json.Marshal(r)
+	_, werr := ctl.Write(data)
+	return werr
 }

@@ -240,6 +240,8 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	var (
 		pid, pidfd int
 		parentSock syncSocket
+		// unshareMount: a preforked init makes its mount namespace now.
+		unshareMount bool
 		// passStdio: a preforked init was born with /dev/null as stdio
 		// and gets its streams with the bootstrap message.
 		passStdio []int
@@ -248,6 +250,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		cfg.Prefork = nil
 		if pre.flags == flags && !exited(pre.pidfd) {
 			pid, pidfd, parentSock = pre.pid, pre.pidfd, pre.sock
+			unshareMount = true
 			*pre = Preforked{pidfd: -1, sock: syncSocket{fd: -1}}
 			if !terminal {
 				for _, f := range []*os.File{cfg.Stdio.Stdin, cfg.Stdio.Stdout, cfg.Stdio.Stderr} {
@@ -300,6 +303,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
 	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal, Seccomp: c.seccomp}}
+	boot.Config.UnshareMount = unshareMount
 	if passStdio != nil {
 		boot.Config.Stdio = stdioMask(passStdio)
 		passStdio = compactFDs(passStdio)
@@ -441,6 +445,11 @@ func forkInit(flags uintptr, id string, stdio Stdio, terminal bool) (pid, pidfd 
 // outside any container cgroup, running nothing but that start-up until
 // Create hands it a bootstrap message; a Preforked whose parent goes away
 // exits on the sync socket's EOF.
+//
+// Its mount namespace is the one exception: it is made only when the
+// bootstrap arrives (unshare on the init's one thread), because a copy
+// made at fork would miss what was mounted since, such as the rootfs or a
+// pinned network namespace on a private mount.
 type Preforked struct {
 	pid, pidfd int
 	sock       syncSocket
@@ -459,7 +468,7 @@ func Prefork(flags uintptr) (*Preforked, error) {
 	if flags&unix.CLONE_NEWNS == 0 {
 		return nil, fmt.Errorf("prefork: a new mount namespace is required: %w", errdefs.ErrInvalidArgument)
 	}
-	pid, pidfd, sock, err := forkInit(flags, "", Stdio{}, false)
+	pid, pidfd, sock, err := forkInit(flags&^unix.CLONE_NEWNS, "", Stdio{}, false)
 	if err != nil {
 		return nil, fmt.Errorf("prefork: %w", err)
 	}

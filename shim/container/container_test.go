@@ -1143,3 +1143,39 @@ func TestPreforkCloseAndFailedCreate(t *testing.T) {
 		t.Errorf("prefork %d given to a failed Create still exists", pid)
 	}
 }
+
+// What is mounted after the prefork, even on a private mount (where
+// nothing propagates), is in the container: the init makes its mount
+// namespace at bootstrap, not at fork. berthd mounts the rootfs and pins
+// the network namespace after the warm shim preforked.
+func TestPreforkSeesMountsMadeAfterIt(t *testing.T) {
+	f := newFixture(t)
+	dir := filepath.Dir(f.rootfs)
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		t.Fatal(err)
+	}
+	pre, err := container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.prefork = pre
+	late := filepath.Join(f.rootfs, "late")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", late, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(late, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(late, "marker"), []byte("mounted-late\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.mustStart(f.spec("cat", "/late/marker"))
+	if ws := f.wait(20 * time.Second); ws.ExitStatus() != 0 || !strings.Contains(f.output(), "mounted-late") {
+		t.Fatalf("exit %v, output %q: the mount made after the prefork is missing", ws, f.output())
+	}
+}

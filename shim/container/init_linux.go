@@ -88,6 +88,12 @@ func runInit(sock syncSocket) *InitError {
 	if err := takeStdio(m.Config.Stdio, fds); err != nil {
 		return newInitError(StageBootstrap, err)
 	}
+	if m.Config.UnshareMount {
+		// On this thread only, the one that execs: enough for us.
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return newInitError(StageNamespaces, fmt.Errorf("unshare mount namespace: %w", err))
+		}
+	}
 	cfg := m.Config
 	spec := cfg.Spec
 	var warnings []string

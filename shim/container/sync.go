@@ -104,6 +104,9 @@ type initConfig struct {
 	// stderr came as descriptors with this message (in that order); the
 	// others stay /dev/null.
 	Stdio []bool `json:"stdio,omitempty"`
+	// UnshareMount is set for a preforked init, which makes its mount
+	// namespace only now (see Preforked).
+	UnshareMount bool `json:"unshare_mount,omitempty"`
 }
 
 // withoutSeccomp returns a shallow copy of spec without its seccomp

@@ -115,6 +115,10 @@ type Service struct {
 	// SeccompCacheDir keeps compiled seccomp programs across shims (set
 	// before serving; empty for none).
 	SeccompCacheDir string
+	// Prefork is a container init started ahead (a warm shim's), for
+	// Create; set before serving. The Service owns it.
+	Prefork   *container.Preforked
+	preforkMu sync.Mutex
 
 	// Loop-owned state.
 	c          *container.Container
@@ -146,10 +150,20 @@ func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Serv
 	return s, nil
 }
 
-// Close stops the loop and the watcher.
+// Close stops the loop and the watcher, and kills an unused prefork.
 func (s *Service) Close() {
 	s.stop()
 	s.w.close()
+	s.takePrefork().Close()
+}
+
+// takePrefork hands the prefork to its one user.
+func (s *Service) takePrefork() *container.Preforked {
+	s.preforkMu.Lock()
+	defer s.preforkMu.Unlock()
+	p := s.Prefork
+	s.Prefork = nil
+	return p
 }
 
 func (s *Service) loop() {
@@ -366,7 +380,7 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	c, err := container.Create(ctx, container.Config{
 		ID: s.id, Bundle: s.bundleDir, Spec: &spec, Rootfs: rootfs, Stdio: stdio,
 		Terminal: terminal, CgroupParent: req.GetCgroupParent(), Logger: s.log,
-		SeccompCacheDir: s.SeccompCacheDir,
+		SeccompCacheDir: s.SeccompCacheDir, Prefork: s.takePrefork(),
 	})
 	if err != nil {
 		return nil, initStatus(err)
