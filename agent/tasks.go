@@ -63,6 +63,12 @@ func (s *tasksService) task(ctx context.Context, ref string) (*berthv1.Container
 
 // setStatus updates the container's status with fn, read-modify-write.
 func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus)) (*berthv1.Container, error) {
+	return a.setStatusAnd(ctx, id, fn, nil)
+}
+
+// setStatusAnd is setStatus that also sets the log path when logPath is
+// not nil, in the same transaction.
+func (a *Agent) setStatusAnd(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus), logPath *string) (*berthv1.Container, error) {
 	a.statusMu.Lock()
 	defer a.statusMu.Unlock()
 	c, err := a.db.Containers().Get(ctx, id)
@@ -75,7 +81,12 @@ func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.Co
 	}
 	fn(st)
 	c.Status = st
-	return a.db.Containers().Update(ctx, c, "status")
+	paths := []string{"status"}
+	if logPath != nil {
+		c.LogPath = *logPath
+		paths = append(paths, "log_path")
+	}
+	return a.db.Containers().Update(ctx, c, paths...)
 }
 
 func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRequest) (*berthv1.CreateTaskResponse, error) {
@@ -161,19 +172,16 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		return nil, err
 	}
 	created = true
-	pid := uint32(0)
-	if st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id}); err == nil {
-		pid = st.GetPid()
-	}
+	pid := t.Pid
+	var newLogPath *string
 	if c.GetLogPath() != logPath {
-		c.LogPath = logPath
-		s.a.db.Containers().Update(ctx, c, "log_path")
+		newLogPath = &logPath
 	}
-	s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
+	s.a.setStatusAnd(ctx, c.Id, func(st *berthv1.ContainerStatus) {
 		st.State, st.Pid, st.ExitCode, st.Error, st.OomKilled, st.FinishedAt, st.StoppedByUser =
 			berthv1.ContainerState_CONTAINER_STATE_CREATED, pid, 0, "", false, nil, false
 		st.Networks, st.Ports = att.Networks, att.Ports
-	})
+	}, newLogPath)
 	s.a.events.Publish(ctx, "/tasks/create", c.Id, map[string]string{"pid": strconv.Itoa(int(pid))})
 	return &berthv1.CreateTaskResponse{Pid: pid}, nil
 }

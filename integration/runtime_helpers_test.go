@@ -121,6 +121,9 @@ func warmShims(state string) []int {
 }
 
 func isIdleWarm(pid int, state string) bool {
+	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmd), "\x00start\x00--warm\x00") {
+		return true // a warm shim being started
+	}
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 	return err == nil && strings.HasPrefix(cwd, filepath.Join(state, "warm")+"/")
 }

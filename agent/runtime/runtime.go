@@ -126,6 +126,8 @@ type Task struct {
 	Shim shimv1.ShimServiceClient
 	// ShimPid is the long-lived shim's pid.
 	ShimPid int
+	// Pid is the init's pid as Create reported it (0 after a reconnect).
+	Pid uint32
 
 	conn   *grpc.ClientConn
 	cancel context.CancelFunc // stops the event goroutine
@@ -251,10 +253,12 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	defer func() {
 		m.cfg.Log.Debug("task created", "container", o.ID, "warm", warm, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
 	}()
-	if _, err := t.Shim.Create(ctx, &shimv1.CreateRequest{Id: o.ID, Bundle: dir, Terminal: o.Terminal, Stdin: o.Stdin,
-		Log: o.Log, CgroupParent: o.CgroupParent}); err != nil {
+	cr, err := t.Shim.Create(ctx, &shimv1.CreateRequest{Id: o.ID, Bundle: dir, Terminal: o.Terminal, Stdin: o.Stdin,
+		Log: o.Log, CgroupParent: o.CgroupParent})
+	if err != nil {
 		return nil, fromStatus(err, "create task "+o.ID)
 	}
+	t.Pid = cr.GetPid()
 	m.register(t, 0)
 	return t, nil
 }

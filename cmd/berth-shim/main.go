@@ -272,10 +272,9 @@ func setupServe(debugLog bool) (*slog.Logger, net.Listener, error) {
 	return log, l, nil
 }
 
-// run serves ShimService for container (ns, id) on l until Shutdown. pre,
-// if set, is a preforked init for the container's Create; committed, if
-// set, is closed when berthd commits the adoption or yields an error when
-// it never will (then the shim stops).
+// run serves ShimService for container (ns, id) on l until Shutdown (or
+// until l is closed). pre, if set, is a preforked init for the
+// container's Create.
 func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre *container.Preforked) error {
 	sock := bundle.SocketPath(state, ns, id)
 	ctx, cancel := context.WithCancel(context.Background())
