@@ -394,7 +394,7 @@ func watchContext(ctx context.Context, fd int) (stop func() bool) {
 // namespaces (flags), in a session of its own, with stdio (or /dev/null)
 // as fds 0-2 and its end of the sync socket as fd 3. It returns the pid,
 // a pidfd and the parent's end of the socket.
-func forkInit(flags uintptr, id string, stdio Stdio, terminal bool) (pid, pidfd int, sock syncSocket, err error) {
+func forkInit(flags uintptr, id string, stdio Stdio, terminal bool, env ...string) (pid, pidfd int, sock syncSocket, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, -1, syncSocket{fd: -1}, fmt.Errorf("sync socket: %w", err)
@@ -422,7 +422,7 @@ func forkInit(flags uintptr, id string, stdio Stdio, terminal bool) (pid, pidfd 
 	pidfd = -1
 	pid, err = syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   []string{initEnv + "=" + initEnvCreate},
+		Env:   append([]string{initEnv + "=" + initEnvCreate, initGoMaxProcs}, env...),
 		Files: files,
 		Sys: &syscall.SysProcAttr{
 			Cloneflags: flags,
@@ -468,7 +468,7 @@ func Prefork(flags uintptr) (*Preforked, error) {
 	if flags&unix.CLONE_NEWNS == 0 {
 		return nil, fmt.Errorf("prefork: a new mount namespace is required: %w", errdefs.ErrInvalidArgument)
 	}
-	pid, pidfd, sock, err := forkInit(flags&^unix.CLONE_NEWNS, "", Stdio{}, false)
+	pid, pidfd, sock, err := forkInit(flags&^unix.CLONE_NEWNS, "", Stdio{}, false, preforkEnv+"=1")
 	if err != nil {
 		return nil, fmt.Errorf("prefork: %w", err)
 	}

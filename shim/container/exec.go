@@ -97,7 +97,7 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 	helper, err := syscall.ForkExec("/proc/self/exe", []string{"berth-exec", c.id}, &syscall.ProcAttr{
 		Dir: "/",
 		Env: []string{
-			initEnv + "=" + initEnvExec,
+			initEnv + "=" + initEnvExec, initGoMaxProcs,
 			nsenter.EnvFlags + "=" + strconv.FormatUint(uint64(flags), 10),
 		},
 		Files: files,

@@ -6,6 +6,7 @@ package container
 // for the conversation with the parent.
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,15 @@ const (
 	initEnvCreate = "1"
 	initEnvExec   = "exec"
 )
+
+// initGoMaxProcs is in the init's and exec helper's environment: one P
+// means fewer runtime threads, so less memory and a quicker execve, which
+// must stop every other thread first.
+const initGoMaxProcs = "GOMAXPROCS=1"
+
+// preforkEnv marks a preforked init (see Preforked), which warms up while
+// it waits.
+const preforkEnv = "_BERTH_PREFORK"
 
 // initSyncFD is where Create puts the init's end of the sync socket.
 const initSyncFD = 3
@@ -74,6 +84,9 @@ func Init() {
 }
 
 func runInit(sock syncSocket) *InitError {
+	if os.Getenv(preforkEnv) != "" {
+		warmUp()
+	}
 	m, fds, err := sock.recvFDs()
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -183,6 +196,34 @@ func runInit(sock syncSocket) *InitError {
 		filter = nil
 	}
 	return execProcess(path, spec.Process, filter)
+}
+
+// warmUp runs, in a preforked init that has time to spare, the JSON
+// decoding of a typical bootstrap message: encoding/json builds and
+// caches its decoders for the spec's types on first use, and the pages of
+// that code are faulted in, both of which would otherwise delay the
+// container's start.
+func warmUp() {
+	spec := &specs.Spec{
+		Version:  specs.Version,
+		Process:  &specs.Process{Args: []string{"sh"}, Env: []string{"PATH=/bin"}, Cwd: "/", Capabilities: &specs.LinuxCapabilities{Bounding: []string{"CAP_CHOWN"}}, Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1, Soft: 1}}},
+		Root:     &specs.Root{Path: "rootfs"},
+		Hostname: "warm",
+		Mounts:   []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid"}}},
+		Linux: &specs.Linux{
+			Namespaces:    []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace, Path: "/x"}},
+			Resources:     &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}, Memory: &specs.LinuxMemory{}, CPU: &specs.LinuxCPU{}, Pids: &specs.LinuxPids{}},
+			Devices:       []specs.LinuxDevice{{Path: "/dev/null", Type: "c", Major: 1, Minor: 3}},
+			MaskedPaths:   []string{"/proc/kcore"},
+			ReadonlyPaths: []string{"/proc/sys"},
+			Sysctl:        map[string]string{"net.ipv4.ip_forward": "0"},
+		},
+	}
+	msg := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: "/r", Seccomp: &seccompProgram{Filter: make([]byte, 64)}, Stdio: []bool{true}}}
+	if data, err := json.Marshal(msg); err == nil {
+		var m syncMsg
+		_ = json.Unmarshal(data, &m)
+	}
 }
 
 // takeStdio puts the streams a preforked init received with its
