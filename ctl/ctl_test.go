@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"testing"
 
@@ -129,5 +130,39 @@ func TestScanDetach(t *testing.T) {
 	}
 	if i, _ := scanDetach([]byte("\x10x\x11"), keys, 0); i != -1 {
 		t.Fatalf("broken sequence detached at %d", i)
+	}
+}
+
+// The command table builds every top-level command under each of its
+// names and aliases, and nothing else: a command missing from it, or an
+// alias it does not know, would build the whole tree (correct, but slow),
+// and a wrong entry would make the command unknown.
+func TestCommandTableCoversEveryCommand(t *testing.T) {
+	full := NewRootCommand(&CLI{Out: io.Discard, Err: io.Discard})
+	for _, cmd := range full.Commands() {
+		if cmd.Name() == "help" || cmd.Name() == "completion" {
+			continue
+		}
+		for _, name := range append([]string{cmd.Name()}, cmd.Aliases...) {
+			root := newRoot(&CLI{Out: io.Discard, Err: io.Discard}, []string{name, "--help"})
+			if len(root.Commands()) >= len(full.Commands()) {
+				t.Errorf("%q builds the whole tree: add it to commandTable", name)
+				continue
+			}
+			found, _, err := root.Find([]string{name})
+			if err != nil || found == root || found.Name() != cmd.Name() {
+				t.Errorf("%q finds %v (%v), want the %s command", name, found.Name(), err, cmd.Name())
+			}
+			leaf := found
+			if leaf.HasSubCommands() {
+				leaf = leaf.Commands()[0]
+			}
+			if leaf.Flags().Lookup("address") == nil {
+				t.Errorf("%q has no --address flag when built alone", name)
+			}
+		}
+	}
+	if got := commandName([]string{"--tlscert", "x.pem", "--tlskey=k.pem", "-a", "/s.sock", "--namespace=x", "ps", "-a"}); got != "ps" {
+		t.Errorf("commandName skips root flags: got %q, want ps", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -65,7 +66,53 @@ func (c *CLI) explain(err error) error {
 type usageError struct{ error }
 
 // NewRootCommand builds berthctl.
-func NewRootCommand(c *CLI) *cobra.Command {
+func NewRootCommand(c *CLI) *cobra.Command { return newRoot(c, nil) }
+
+// oneCommand adapts a single-command constructor to the command table.
+func oneCommand(f func(*CLI) *cobra.Command) func(*CLI) []*cobra.Command {
+	return func(c *CLI) []*cobra.Command { return []*cobra.Command{f(c)} }
+}
+
+// commandTable builds berthctl's top-level commands by name (aliases
+// included). Building all of them, with their hundreds of flags, is a
+// noticeable part of a short command's run time (a container start is
+// tens of milliseconds); an invocation builds only the one it names.
+var commandTable = []struct {
+	names []string
+	build func(*CLI) []*cobra.Command
+}{
+	{[]string{"version"}, oneCommand(newVersionCommand)},
+	{[]string{"info"}, oneCommand(newInfoCommand)},
+	{[]string{"namespace", "ns"}, oneCommand(newNamespaceCommand)},
+	{[]string{"network"}, oneCommand(newNetworkCommand)},
+	{[]string{"events"}, oneCommand(newEventsCommand)},
+	{[]string{"create"}, oneCommand(newCreateCommand)},
+	{[]string{"run"}, oneCommand(newRunCommand)},
+	{[]string{"start"}, oneCommand(newStartCommand)},
+	{[]string{"stop"}, func(c *CLI) []*cobra.Command { return []*cobra.Command{newStopCommand(c, false)} }},
+	{[]string{"restart"}, func(c *CLI) []*cobra.Command { return []*cobra.Command{newStopCommand(c, true)} }},
+	{[]string{"kill"}, oneCommand(newKillCommand)},
+	{[]string{"rm", "remove"}, oneCommand(newRmCommand)},
+	{[]string{"ps"}, oneCommand(newPsCommand)},
+	{[]string{"logs"}, oneCommand(newLogsCommand)},
+	{[]string{"exec"}, oneCommand(newExecCommand)},
+	{[]string{"attach"}, oneCommand(newAttachCommand)},
+	{[]string{"wait"}, oneCommand(newWaitCommand)},
+	{[]string{"rename"}, oneCommand(newRenameCommand)},
+	{[]string{"commit"}, oneCommand(newCommitCommand)},
+	{[]string{"cp"}, oneCommand(newCpCommand)},
+	{[]string{"inspect"}, oneCommand(newInspectCommand)},
+	{[]string{"top"}, oneCommand(newTopCommand)},
+	{[]string{"stats"}, oneCommand(newStatsCommand)},
+	{[]string{"system"}, oneCommand(newSystemCommand)},
+	{[]string{"pause", "unpause"}, newPauseCommands},
+	{[]string{"image", "images", "pull", "push", "rmi", "tag", "save", "load", "login", "logout"}, newImageCommands},
+}
+
+// newRoot builds the command tree: only the top-level command args name
+// (after the root's own flags), or all of them when args name none (help,
+// completion, a typo that deserves suggestions) or are nil.
+func newRoot(c *CLI, args []string) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "berthctl",
 		Short:         "Berth's command line: containers and images, the Docker way",
@@ -86,42 +133,28 @@ func NewRootCommand(c *CLI) *cobra.Command {
 	pf.StringVar(&c.TLS.CA, "tlscacert", os.Getenv("BERTH_TLS_CA"), "CA that berthd's certificate chains to, for tcp:// (env BERTH_TLS_CA)")
 	pf.StringVar(&c.TLS.Cert, "tlscert", os.Getenv("BERTH_TLS_CERT"), "client certificate for tcp:// (env BERTH_TLS_CERT)")
 	pf.StringVar(&c.TLS.Key, "tlskey", os.Getenv("BERTH_TLS_KEY"), "client key for tcp:// (env BERTH_TLS_KEY)")
-	root.AddCommand(
-		newVersionCommand(c),
-		newInfoCommand(c),
-		newNamespaceCommand(c),
-		newNetworkCommand(c),
-		newEventsCommand(c),
-		newCreateCommand(c),
-		newRunCommand(c),
-		newStartCommand(c),
-		newStopCommand(c, false),
-		newStopCommand(c, true),
-		newKillCommand(c),
-		newRmCommand(c),
-		newPsCommand(c),
-		newLogsCommand(c),
-		newExecCommand(c),
-		newAttachCommand(c),
-		newWaitCommand(c),
-		newRenameCommand(c),
-		newCommitCommand(c),
-		newCpCommand(c),
-		newInspectCommand(c),
-		newTopCommand(c),
-		newStatsCommand(c),
-		newSystemCommand(c),
-	)
-	root.AddCommand(newPauseCommands(c)...)
-	root.AddCommand(newImageCommands(c)...)
+	name := commandName(args)
+	built := false
+	for _, e := range commandTable {
+		if name != "" && slices.Contains(e.names, name) {
+			root.AddCommand(e.build(c)...)
+			built = true
+			break
+		}
+	}
+	if !built {
+		for _, e := range commandTable {
+			root.AddCommand(e.build(c)...)
+		}
+		root.InitDefaultHelpCmd()
+		root.InitDefaultCompletionCmd()
+	}
 	// -a is --address and -n is --namespace everywhere except in the
 	// commands where Docker gives those letters a meaning of its own
 	// (ps -a/-n, start -a, stats -a, logs -n); there the long forms or the
 	// environment name them. So they are local flags of each command, not
 	// persistent ones, which cobra could not shadow.
 	nsDefault := envOr("BERTH_NAMESPACE", "default")
-	root.InitDefaultHelpCmd()
-	root.InitDefaultCompletionCmd()
 	var addGlobals func(cmd *cobra.Command)
 	addGlobals = func(cmd *cobra.Command) {
 		if cmd.Runnable() || !cmd.HasSubCommands() {
@@ -142,11 +175,32 @@ func NewRootCommand(c *CLI) *cobra.Command {
 	return root
 }
 
+// commandName is the first argument that is not one of the root's own
+// flags, or --address or --namespace written before the command (or
+// their values): the top-level command, or "" when there is none.
+func commandName(args []string) string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--tlscacert" || a == "--tlscert" || a == "--tlskey" ||
+			a == "-a" || a == "--address" || a == "-n" || a == "--namespace":
+			i++ // its value
+		case strings.HasPrefix(a, "--tlscacert=") || strings.HasPrefix(a, "--tlscert=") || strings.HasPrefix(a, "--tlskey=") ||
+			strings.HasPrefix(a, "--address=") || strings.HasPrefix(a, "--namespace="):
+		case strings.HasPrefix(a, "-"):
+			return "" // help, or a flag only the full tree can judge
+		default:
+			return a
+		}
+	}
+	return ""
+}
+
 // Main runs berthctl with args and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	c := &CLI{Out: stdout, Err: stderr}
 	defer c.Close()
-	root := NewRootCommand(c)
+	root := newRoot(c, args)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
 	if err == nil {
