@@ -225,17 +225,6 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	// tasks) would kill it before it could run anything. Nothing the
 	// user controls runs before Start, so nothing escapes the limit.
 	res, pidsLimit := splitPidsLimit(spec.Linux.Resources)
-	cg, err := cgroup.New(cgPath, res)
-	if err != nil {
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
-	defer func() {
-		if retErr != nil {
-			if err := cg.Delete(); err != nil {
-				log.Warn("remove cgroup after failed create", "path", cgPath, "err", err)
-			}
-		}
-	}()
 
 	var (
 		pid, pidfd int
@@ -272,20 +261,20 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 		}
 	}
-	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, cg: cg, sock: parentSock, log: log, pidsLimit: pidsLimit}
+	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, sock: parentSock, log: log, pidsLimit: pidsLimit}
 	defer func() {
 		if retErr != nil {
 			if status := c.abort(); status != "" && errors.Is(retErr, ErrInitDied) {
 				retErr = fmt.Errorf("%w (%s)", retErr, status)
 			}
+			// After the kill: a cgroup with a process in it stays.
+			if c.cg != nil {
+				if err := c.cg.Delete(); err != nil {
+					log.Warn("remove cgroup after failed create", "path", cgPath, "err", err)
+				}
+			}
 		}
 	}()
-
-	// Into the cgroup before the init reads its config: until then it runs
-	// nothing but the Go runtime's start-up.
-	if err := cg.Add(pid); err != nil {
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
 
 	// ctx cancels a Create stuck waiting for the init: shutting the socket
 	// down wakes the blocked recv.
@@ -298,17 +287,42 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 	}()
 
-	// Compiled while the init's runtime starts; a bad profile fails here.
-	if c.seccomp, err = prepareSeccomp(spec.Linux.Seccomp, cfg.SeccompCacheDir); err != nil {
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
-	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal, Seccomp: c.seccomp}}
+	// The bootstrap goes first, so the init decodes it and joins its
+	// namespaces while the cgroup is made and the seccomp profile
+	// compiled (or read from the cache); then the init waits for the
+	// cgroup message before it goes on with its setup, so it sets up the
+	// rootfs in the container's cgroup and cgroup namespace. Nothing the
+	// user controls runs before Start.
+	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
 	boot.Config.UnshareMount = unshareMount
 	if passStdio != nil {
 		boot.Config.Stdio = stdioMask(passStdio)
 		passStdio = compactFDs(passStdio)
 	}
 	if err := parentSock.send(boot, passStdio...); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	cg, err := cgroup.New(cgPath, res)
+	if err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	c.cg = cg
+	if err := cg.Add(pid); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	// A bad profile fails here, as if the init had found it.
+	if c.seccomp, err = prepareSeccomp(spec.Linux.Seccomp, cfg.SeccompCacheDir); err != nil {
+		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	}
+	if err := parentSock.send(syncMsg{Type: msgCgroup, Seccomp: c.seccomp}); err != nil {
+		// The init may have failed meanwhile: its word is queued.
+		if m, fd, rerr := parentSock.recv(); rerr == nil && m.Type == msgError && m.Err != nil {
+			closeFD(fd)
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, m.Err)
+		}
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}

@@ -111,7 +111,7 @@ func runInit(sock syncSocket) *InitError {
 	spec := cfg.Spec
 	var warnings []string
 
-	if err := joinNamespaces(spec.Linux.Namespaces); err != nil {
+	if err := joinNamespaces(spec.Linux.Namespaces, false); err != nil {
 		return newInitError(StageNamespaces, err)
 	}
 	for _, ns := range spec.Linux.Namespaces {
@@ -136,6 +136,18 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageProcess, err)
 	}
 	warnings = append(warnings, w...)
+
+	// In the cgroup from here: the parent says so.
+	cm, _, err := sock.recv()
+	if err != nil {
+		return nil // parent gone
+	}
+	if cm.Type != msgCgroup {
+		return &InitError{Stage: StageBootstrap, Message: fmt.Sprintf("expected cgroup, got %q", cm.Type), Errno: unix.EPROTO}
+	}
+	if err := joinNamespaces(spec.Linux.Namespaces, true); err != nil {
+		return newInitError(StageNamespaces, err)
+	}
 
 	rs, err := prepareRootfs(spec, cfg.Rootfs, cfg.Bundle)
 	if err != nil {
@@ -170,7 +182,7 @@ func runInit(sock syncSocket) *InitError {
 		return newInitError(StageRootfs, err)
 	}
 
-	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, cfg.Seccomp)
+	path, filter, seccompEarly, w, ierr := prepareProcess(spec.Process, cm.Seccomp)
 	if ierr != nil {
 		return ierr
 	}
@@ -376,9 +388,13 @@ func hasNamespace(nss []specs.LinuxNamespace, t specs.LinuxNamespaceType) bool {
 // single thread, unlike mount and pid, which Create refuses), and a new
 // cgroup namespace, which must be made after the parent moved us into the
 // container's cgroup so that cgroup becomes its root.
-func joinNamespaces(nss []specs.LinuxNamespace) error {
+//
+// It runs twice: without cgroup for the others, then, once the parent has
+// moved us into the container's cgroup, with cgroup for the cgroup
+// namespace alone.
+func joinNamespaces(nss []specs.LinuxNamespace, cgroup bool) error {
 	for _, ns := range nss {
-		if ns.Path == "" {
+		if ns.Path == "" || (ns.Type == specs.CgroupNamespace) != cgroup {
 			continue
 		}
 		var flag int
@@ -405,7 +421,7 @@ func joinNamespaces(nss []specs.LinuxNamespace) error {
 		}
 	}
 	for _, ns := range nss {
-		if ns.Type == specs.CgroupNamespace && ns.Path == "" {
+		if cgroup && ns.Type == specs.CgroupNamespace && ns.Path == "" {
 			if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
 				return fmt.Errorf("new cgroup namespace: %w", err)
 			}

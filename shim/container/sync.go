@@ -12,13 +12,18 @@ package container
 //
 //	parent                                   init (child)
 //	------                                   ------------
-//	clone+exec, get pid and pidfd
-//	move pid into the cgroup
-//	bootstrap{config}          ──────────▶   reads it: nothing ran before this,
-//	                                         so no user code ever runs outside
-//	                                         the cgroup
-//	                                         setns/unshare(cgroup), rootfs,
-//	                                         pivot_root, hostname, rlimits…
+//	clone+exec (or take a preforked
+//	init), get pid and pidfd
+//	bootstrap{config, [stdio fds]} ───────▶   reads it; [stdio onto 0-2,
+//	                                         unshare(mount)]; setns into the
+//	                                         namespaces named by path, lo up,
+//	                                         oom_score_adj, rlimits
+//	make the cgroup, move pid in,
+//	compile seccomp (meanwhile)
+//	cgroup{seccomp}            ──────────▶   waits for it, then: cgroup
+//	                                         namespace, rootfs, pivot_root,
+//	                                         hostname… (no user code ever runs
+//	                                         outside the cgroup)
 //	                           ◀──────────   console{} + pty master (only when
 //	                                         Terminal is set)
 //	                           ◀──────────   ready{warnings}: executable found,
@@ -70,6 +75,9 @@ import (
 
 const (
 	msgBootstrap = "bootstrap"
+	// msgCgroup tells a container init it is in its cgroup, with the
+	// compiled seccomp profile.
+	msgCgroup = "cgroup"
 	msgConsole   = "console"
 	msgReady     = "ready"
 	msgStart     = "start"
@@ -89,6 +97,8 @@ type syncMsg struct {
 	Err      *InitError  `json:"error,omitempty"`
 	Warnings []string    `json:"warnings,omitempty"`
 	Pid      int         `json:"pid,omitempty"` // msgPid: the exec'd process, host pid
+	// Seccomp rides on msgCgroup: the profile compiled by the parent.
+	Seccomp *seccompProgram `json:"seccomp,omitempty"`
 }
 
 // initConfig is what the init needs beyond the spec itself.
