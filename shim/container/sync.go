@@ -77,11 +77,11 @@ const (
 	msgBootstrap = "bootstrap"
 	// msgCgroup tells a container init it is in its cgroup, with the
 	// compiled seccomp profile.
-	msgCgroup = "cgroup"
-	msgConsole   = "console"
-	msgReady     = "ready"
-	msgStart     = "start"
-	msgError     = "error"
+	msgCgroup  = "cgroup"
+	msgConsole = "console"
+	msgReady   = "ready"
+	msgStart   = "start"
+	msgError   = "error"
 	// msgPid comes from the nsenter constructor during Exec, with the
 	// new process's pidfd attached (see nsenter/nsenter.go).
 	msgPid = "pid"
