@@ -328,6 +328,9 @@ func serveWarm(state, dir string, debugLog bool) error {
 		// Still useful: only the init's start-up is not saved.
 		log.Warn("prefork a container init", "err", err)
 	}
+	// Time to spare: do now what the container's Create would do cold.
+	container.WarmUp()
+	container.PreloadSeccomp(filepath.Join(state, "seccomp"))
 	req, err := readAdopt(ctl)
 	if err != nil {
 		pre.Close()

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -195,4 +196,26 @@ func writeSeccompCache(dir, name string, p *seccompProgram) error {
 		os.Remove(f.Name())
 	}
 	return err
+}
+
+// PreloadSeccomp reads every cached program under cacheDir into memory: a
+// warm shim does it while it waits, so its container's Create finds the
+// profile's program without touching the disk.
+func PreloadSeccomp(cacheDir string) {
+	if cacheDir == "" || seccompCompilerID() == "" {
+		return
+	}
+	ents, err := os.ReadDir(cacheDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		key, ok := strings.CutSuffix(e.Name(), ".bpf")
+		if !ok || len(key) != 64 {
+			continue
+		}
+		if p, err := readSeccompCache(filepath.Join(cacheDir, e.Name())); err == nil {
+			rememberSeccomp(key, p)
+		}
+	}
 }

@@ -92,3 +92,30 @@ func TestSeccompBadProfileIsASeccompError(t *testing.T) {
 		t.Fatalf("err = %v, want a seccomp-stage InitError", err)
 	}
 }
+
+// A warm shim preloads the cache: a fresh process then finds the program
+// in memory, even with the file gone.
+func TestPreloadSeccomp(t *testing.T) {
+	dir := t.TempDir()
+	forgetSeccomp()
+	want, err := prepareSeccomp(testProfile(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgetSeccomp()
+	PreloadSeccomp(dir)
+	files, _ := filepath.Glob(filepath.Join(dir, "*.bpf"))
+	for _, f := range files {
+		os.Remove(f)
+	}
+	got, err := prepareSeccomp(testProfile(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Filter, want.Filter) {
+		t.Fatal("preloaded program differs")
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "*.bpf")); len(files) != 0 {
+		t.Fatal("prepareSeccomp compiled again instead of using the preloaded program")
+	}
+}
