@@ -132,6 +132,9 @@ func Dial(addr, namespace string, tlsFiles TLSFiles) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Dial now, in the background, while the command builds its request:
+	// a connection otherwise starts with the first call.
+	conn.Connect()
 	return &Client{
 		conn: conn, display: display,
 		System:     berthv1.NewSystemServiceClient(conn),
