@@ -11,7 +11,6 @@ package identifiers
 
 import (
 	"fmt"
-	"regexp"
 
 	"github.com/berth-dev/berth/errdefs"
 )
@@ -19,7 +18,27 @@ import (
 // MaxLength bounds an identifier; a 64-hex ID fits with room to spare.
 const MaxLength = 128
 
-var pattern = regexp.MustCompile(`^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`)
+// valid reports whether id matches ^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$.
+// A loop rather than a regexp: every berthctl, shim and container init
+// links this package, and compiling the regexp at start-up cost them
+// about half a millisecond each (identifiers_test checks the two agree).
+func valid(id string) bool {
+	sep := true // at the start, as after a separator: a letter or digit must come
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+			sep = false
+		case c == '.' || c == '_' || c == '-':
+			if sep {
+				return false
+			}
+			sep = true
+		default:
+			return false
+		}
+	}
+	return !sep
+}
 
 // Validate checks id and returns an error wrapping errdefs.ErrInvalidArgument
 // that names the field (e.g. "container id") and says what is allowed.
@@ -30,7 +49,7 @@ func Validate(field, id string) error {
 	case len(id) > MaxLength:
 		return fmt.Errorf("%s %.20q... is %d characters long, more than the %d allowed: %w",
 			field, id, len(id), MaxLength, errdefs.ErrInvalidArgument)
-	case !pattern.MatchString(id):
+	case !valid(id):
 		return fmt.Errorf("%s %q is invalid: use letters, digits and single '.', '_' or '-' between them (no '/', no '..'): %w",
 			field, id, errdefs.ErrInvalidArgument)
 	}

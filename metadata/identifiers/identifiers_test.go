@@ -2,6 +2,8 @@ package identifiers
 
 import (
 	"errors"
+	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -24,6 +26,37 @@ func TestValidate(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "container id") {
 			t.Errorf("Validate(%q) error %q does not name the field", id, err)
+		}
+	}
+}
+
+// The hand-written check is the regexp it replaced, on every string of up
+// to four characters over an alphabet that covers each class, and on
+// random longer ones.
+func TestValidMatchesThePattern(t *testing.T) {
+	pattern := regexp.MustCompile(`^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`)
+	alphabet := []byte("aZ9._-/ \x00é")
+	var walk func(prefix []byte)
+	walk = func(prefix []byte) {
+		if got, want := valid(string(prefix)), pattern.MatchString(string(prefix)); got != want {
+			t.Fatalf("valid(%q) = %v, the pattern says %v", prefix, got, want)
+		}
+		if len(prefix) == 4 {
+			return
+		}
+		for _, c := range alphabet {
+			walk(append(prefix, c))
+		}
+	}
+	walk(nil)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20000; i++ {
+		b := make([]byte, 5+rng.IntN(40))
+		for j := range b {
+			b[j] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if got, want := valid(string(b)), pattern.MatchString(string(b)); got != want {
+			t.Fatalf("valid(%q) = %v, the pattern says %v", b, got, want)
 		}
 	}
 }
