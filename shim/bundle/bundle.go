@@ -16,8 +16,9 @@
 // The shim's socket is <state>/s/<first 16 hex of sha256(ns/id)>.sock:
 // hashed because sun_path holds only 108 bytes.
 //
-// Every record is written to a temporary file, fsynced and renamed into
-// place, so a reader sees the old record or the new one, never half.
+// Every record is written to a temporary file and renamed into place, so
+// a reader sees the old record or the new one, never half. Not fsynced:
+// see WriteFileAtomic.
 package bundle
 
 import (
@@ -59,7 +60,8 @@ type ExitRecord struct {
 	OOMKilled  bool      `json:"oom_killed"`
 }
 
-// WriteExit records the init's exit in dir durably.
+// WriteExit records the init's exit in dir (see WriteFileAtomic for how
+// durably).
 func WriteExit(dir string, r ExitRecord) error {
 	data, err := json.Marshal(r)
 	if err != nil {
@@ -82,9 +84,18 @@ func ReadExit(dir string) (ExitRecord, error) {
 	return r, nil
 }
 
-// WriteFileAtomic writes data to name through a temporary file that is
-// fsynced and renamed over name; the directory is fsynced too, so the
-// rename survives a crash.
+// WriteFileAtomic writes data to name through a temporary file renamed
+// over name, so a reader, or a process that crashed while writing, never
+// sees half a file.
+//
+// There is no fsync, on purpose: everything here lives in berthd's state
+// directory, runtime state that a reboot ends (tmpfs, /run, by default).
+// What a process wrote is in the page cache, where the next berthd or
+// shim reads it even if the writer was killed; only a machine crash could
+// lose it, and then the shims and containers it describes are gone too,
+// and berthd treats a bundle whose records are missing or unreadable as
+// a dead task. The fsyncs (file and directory) cost a few milliseconds on
+// a disk, at each of the three records of every container start.
 func WriteFileAtomic(name string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(name)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp-")
@@ -103,18 +114,11 @@ func WriteFileAtomic(name string, data []byte, perm os.FileMode) (err error) {
 	if err = f.Chmod(perm); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	if err = os.Rename(f.Name(), name); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }
