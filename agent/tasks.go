@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"google.golang.org/grpc/metadata"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/berth-dev/berth/agent/oci"
 	"github.com/berth-dev/berth/agent/runtime"
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata/identifiers"
 	"github.com/berth-dev/berth/metadata/namespaces"
@@ -531,7 +533,16 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	if _, err := up.Header(); err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	}
-	if err := stream.SendHeader(nil); err != nil {
+	var header metadata.MD
+	if open.GetStart() {
+		// Attached: start it now, a round trip sooner than the client
+		// could, and say so.
+		if _, err := s.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: c.Id, ExecId: open.GetExecId()}); err != nil {
+			return err
+		}
+		header = metadata.Pairs(api.StartedHeader, "true")
+	}
+	if err := stream.SendHeader(header); err != nil {
 		return err
 	}
 	go func() {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/berth-dev/berth/api"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -29,10 +30,18 @@ type attachOptions struct {
 	stdin, stdout, tty  bool
 	proxySignals        bool
 	detachKeys          []byte
-	// start runs once the stream is open (StartTask for run and start -a),
-	// so no early output is missed.
-	start func(context.Context) error
+	// start starts the process once the stream is attached (run, start
+	// -a, exec), so no early output is missed: the agent does it (one
+	// round trip less), or, if it does not say it did, StartTask.
+	start bool
 }
+
+// startError is a failure to start the process attach was to start: the
+// caller reports it with the start's exit code (125, 126, 127).
+type startError struct{ err error }
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
 
 // attach relays stdio between this terminal and a process until it exits,
 // and returns its exit status. With a TTY the local terminal is put in
@@ -44,15 +53,26 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 	if err != nil {
 		return 0, err
 	}
-	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout}
+	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout, Start: o.start}
 	if err := stream.Send(&berthv1.AttachRequest{Input: &berthv1.AttachRequest_Open{Open: open}}); err != nil {
 		return 0, err
 	}
-	// The agent sends headers once it is attached: only then is it safe
-	// to start the process without losing its first output.
-	if _, err := stream.Header(); err != nil {
+	// The agent sends headers once it is attached (and, when asked, has
+	// started the process): only then is it safe to start the process
+	// without losing its first output.
+	header, err := stream.Header()
+	if err != nil {
+		if o.start {
+			// The stream's status is what stopped it: the start's error,
+			// or the attach's.
+			if serr := stream.RecvMsg(new(berthv1.AttachResponse)); serr != nil && serr != io.EOF {
+				err = serr
+			}
+			return 0, &startError{err}
+		}
 		return 0, err
 	}
+	startByUs := o.start && len(header.Get(api.StartedHeader)) == 0
 	var sendMu sync.Mutex
 	send := func(r *berthv1.AttachRequest) error {
 		sendMu.Lock()
@@ -102,9 +122,9 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 			}
 		}()
 	}
-	if o.start != nil {
-		if err := o.start(ctx); err != nil {
-			return 0, err
+	if startByUs {
+		if _, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: o.containerID, ExecId: o.execID}); err != nil {
+			return 0, &startError{err}
 		}
 	}
 	detached := make(chan struct{})

@@ -89,14 +89,14 @@ func newStartCommand(c *CLI) *cobra.Command {
 				}
 				code, err := c.attach(ctx, cl, attachOptions{
 					containerID: ctr.Id, stdin: interactive, stdout: true, tty: ctr.GetSpec().GetTty(),
-					proxySignals: true, detachKeys: defaultDetachKeys,
-					start: func(ctx context.Context) error {
-						_, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id})
-						return err
-					},
+					proxySignals: true, detachKeys: defaultDetachKeys, start: true,
 				})
 				if errors.Is(err, errDetached) {
 					return nil
+				}
+				var se *startError
+				if errors.As(err, &se) {
+					return se.err
 				}
 				if err != nil {
 					return err
@@ -434,14 +434,13 @@ func newExecCommand(c *CLI) *cobra.Command {
 			if detach {
 				return start(ctx)
 			}
-			var startErr error
 			code, err := c.attach(ctx, cl, attachOptions{
 				containerID: ctr.Id, execID: ex.ExecId, stdin: interactive, stdout: true, tty: tty,
-				proxySignals: true, detachKeys: defaultDetachKeys,
-				start: func(ctx context.Context) error { startErr = start(ctx); return startErr },
+				proxySignals: true, detachKeys: defaultDetachKeys, start: true,
 			})
-			if startErr != nil {
-				return runError{startFailureCode(startErr), startErr}
+			var se *startError
+			if errors.As(err, &se) {
+				return runError{startFailureCode(se.err), se.err}
 			}
 			if errors.Is(err, errDetached) {
 				return nil

@@ -138,7 +138,6 @@ func newRunCommand(c *CLI) *cobra.Command {
 				fmt.Fprintln(c.Out, ctr.Id)
 				return nil
 			}
-			var startErr error
 			code, err := c.attach(ctx, cl, attachOptions{
 				containerID:  ctr.Id,
 				stdin:        f.interactive,
@@ -146,17 +145,15 @@ func newRunCommand(c *CLI) *cobra.Command {
 				tty:          f.tty,
 				proxySignals: true,
 				detachKeys:   defaultDetachKeys,
-				start: func(ctx context.Context) error {
-					startErr = start(ctx)
-					return startErr
-				},
+				start:        true,
 			})
 			if errors.Is(err, errDetached) {
 				return nil
 			}
-			if startErr != nil {
+			var se *startError
+			if errors.As(err, &se) {
 				c.cleanupFailedRun(cl, ctr, f.rm)
-				return runError{startFailureCode(startErr), startErr}
+				return runError{startFailureCode(se.err), se.err}
 			}
 			if err != nil {
 				return runError{exitRunFailed, err}

@@ -1399,7 +1399,12 @@ type AttachOpen struct {
 	Stdout      bool                   `protobuf:"varint,4,opt,name=stdout,proto3" json:"stdout,omitempty"`
 	Stderr      bool                   `protobuf:"varint,5,opt,name=stderr,proto3" json:"stderr,omitempty"`
 	// logs replays the output captured so far before the live stream.
-	Logs          bool `protobuf:"varint,6,opt,name=logs,proto3" json:"logs,omitempty"`
+	Logs bool `protobuf:"varint,6,opt,name=logs,proto3" json:"logs,omitempty"`
+	// start starts the process (StartTask) once the stream is attached, so
+	// no output is lost and no second call is needed: what `run` does. An
+	// agent that did so says it with the header "berth-started: true"; a
+	// start failure ends the stream with StartTask's error.
+	Start         bool `protobuf:"varint,7,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1472,6 +1477,13 @@ func (x *AttachOpen) GetStderr() bool {
 func (x *AttachOpen) GetLogs() bool {
 	if x != nil {
 		return x.Logs
+	}
+	return false
+}
+
+func (x *AttachOpen) GetStart() bool {
+	if x != nil {
+		return x.Start
 	}
 	return false
 }
@@ -2650,7 +2662,7 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x06resize\x18\x03 \x01(\v2\x15.berth.v1.ConsoleSizeH\x00R\x06resize\x12!\n" +
 	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
 	"closeStdinB\a\n" +
-	"\x05input\"\xa2\x01\n" +
+	"\x05input\"\xb8\x01\n" +
 	"\n" +
 	"AttachOpen\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
@@ -2658,7 +2670,8 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x05stdin\x18\x03 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x04 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x05 \x01(\bR\x06stderr\x12\x12\n" +
-	"\x04logs\x18\x06 \x01(\bR\x04logs\"t\n" +
+	"\x04logs\x18\x06 \x01(\bR\x04logs\x12\x14\n" +
+	"\x05start\x18\a \x01(\bR\x05start\"t\n" +
 	"\x0eAttachResponse\x12&\n" +
 	"\x04data\x18\x01 \x01(\v2\x10.berth.v1.OutputH\x00R\x04data\x120\n" +
 	"\x04exit\x18\x02 \x01(\v2\x1a.berth.v1.WaitTaskResponseH\x00R\x04exitB\b\n" +

@@ -1,0 +1,9 @@
+// Package api holds what berthd and its clients share beyond the protobuf
+// messages in proto/: the gRPC metadata keys they exchange. (The
+// namespace header, older, is metadata/namespaces.GRPCHeader.)
+package api
+
+// StartedHeader is the Attach response header ("true") by which berthd
+// says it started the process, as berth.v1.AttachOpen.start asked. A
+// client that asked and does not see it calls StartTask itself.
+const StartedHeader = "berth-started"
