@@ -26,6 +26,7 @@ import (
 	"github.com/berth-dev/berth/metadata/namespaces"
 	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+	"github.com/berth-dev/berth/shim/bundle"
 )
 
 // tasksService serves TasksService over the runtime manager.
@@ -445,11 +446,14 @@ func (s *tasksService) Exec(ctx context.Context, req *berthv1.ExecRequest) (*ber
 		return nil, fmt.Errorf("process.privileged: privileged exec is not supported yet: %w", errdefs.ErrNotImplemented)
 	}
 	if u := ps.GetUser(); u != "" {
-		uid, gid, ok := numericUser(u)
-		if !ok {
-			return nil, fmt.Errorf("process.user %q: exec takes a numeric uid[:gid]: %w", u, errdefs.ErrInvalidArgument)
+		// Names are looked up in the container's files as they are now
+		// (read inside its rootfs, symlinks kept inside), as docker exec
+		// does.
+		user, err := oci.ResolveUser(filepath.Join(t.Bundle, bundle.RootfsDir), u)
+		if err != nil {
+			return nil, fmt.Errorf("process.user: %w", err)
 		}
-		p.User = specs.User{UID: uid, GID: gid}
+		p.User = user
 	}
 	data, err := json.Marshal(&p)
 	if err != nil {
@@ -460,21 +464,6 @@ func (s *tasksService) Exec(ctx context.Context, req *berthv1.ExecRequest) (*ber
 	}
 	s.a.events.Publish(ctx, "/tasks/exec-added", c.Id, map[string]string{"exec_id": execID})
 	return &berthv1.ExecResponse{ExecId: execID}, nil
-}
-
-func numericUser(u string) (uint32, uint32, bool) {
-	us, gs, hasG := strings.Cut(u, ":")
-	uid, err := strconv.ParseUint(us, 10, 32)
-	if err != nil {
-		return 0, 0, false
-	}
-	gid := uid
-	if hasG {
-		if gid, err = strconv.ParseUint(gs, 10, 32); err != nil {
-			return 0, 0, false
-		}
-	}
-	return uint32(uid), uint32(gid), true
 }
 
 func (s *tasksService) ResizePty(ctx context.Context, req *berthv1.ResizePtyRequest) (*berthv1.ResizePtyResponse, error) {

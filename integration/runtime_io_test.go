@@ -155,6 +155,42 @@ func TestExecSeesTheContainer(t *testing.T) {
 		t.Errorf("tty exec exit %d, want 3", e.ExitStatus)
 	}
 
+	// A user by name, looked up in the container's /etc/passwd and
+	// /etc/group (including one the container added after it started).
+	for _, tc := range []struct{ user, want string }{
+		{"berth", "uid=1000(berth) gid=1000(berth) groups=50(staff),1000(berth)"},
+		{"nobody", "uid=65534(nobody) gid=65534(nogroup)"},
+		{"late", "uid=2000(late) gid=1000(berth)"},
+	} {
+		if tc.user == "late" {
+			ex, err := r.tc.Exec(ctx, &berthv1.ExecRequest{ContainerId: c.Id, Process: &berthv1.ProcessSpec{
+				Args: []string{"sh", "-c", "echo late:x:2000:1000::/:/bin/sh >> /etc/passwd"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := r.attach(ctx, c.Id, ex.ExecId, false)
+			if _, err := r.tc.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: c.Id, ExecId: ex.ExecId}); err != nil {
+				t.Fatal(err)
+			}
+			a.waitExit(t)
+		}
+		ex, err := r.tc.Exec(ctx, &berthv1.ExecRequest{ContainerId: c.Id, Process: &berthv1.ProcessSpec{Args: []string{"id"}, User: tc.user}})
+		if err != nil {
+			t.Fatalf("exec as %s: %v", tc.user, err)
+		}
+		a := r.attach(ctx, c.Id, ex.ExecId, false)
+		if _, err := r.tc.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: c.Id, ExecId: ex.ExecId}); err != nil {
+			t.Fatal(err)
+		}
+		if out := a.expect(t, "uid="); !strings.Contains(out, tc.want) {
+			t.Errorf("exec as %s: id says %q, want %q", tc.user, out, tc.want)
+		}
+		a.waitExit(t)
+	}
+	if _, err := r.tc.Exec(ctx, &berthv1.ExecRequest{ContainerId: c.Id, Process: &berthv1.ProcessSpec{Args: []string{"id"}, User: "ghost"}}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "ghost") {
+		t.Errorf("exec as an unknown user: %v, want InvalidArgument naming it", err)
+	}
+
 	// A command that is not there: 127 semantics, a clear error.
 	ex, err = r.tc.Exec(ctx, &berthv1.ExecRequest{ContainerId: c.Id, Process: &berthv1.ProcessSpec{Args: []string{"no-such-tool"}}})
 	if err != nil {

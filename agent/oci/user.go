@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
@@ -336,4 +337,16 @@ func readGroup(root *os.File) ([]groupEntry, error) {
 		out = append(out, g)
 	})
 	return out, err
+}
+
+// ResolveUser resolves a user spec ("uid", "uid:gid", "name",
+// "name:group") against the container's /etc/passwd and /etc/group under
+// rootfs, as resolveUser does for the init; exec uses it, with the
+// container's files as they are now.
+func ResolveUser(rootfs, spec string) (specs.User, error) {
+	u, err := resolveUser(rootfs, spec, nil)
+	if err != nil {
+		return specs.User{}, err
+	}
+	return specs.User{UID: u.uid, GID: u.gid, AdditionalGids: u.additional}, nil
 }
