@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
@@ -59,19 +58,15 @@ func registryAuth(domain string) (*berthv1.RegistryAuth, error) {
 }
 
 func refDomain(ref string) (domain, familiar string, tagOrDigest string) {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
+	r, ok := parseRef(ref)
+	if !ok {
 		return "", ref, ""
 	}
-	tagged := reference.TagNameOnly(named)
-	tagOrDigest = "latest"
-	if t, ok := tagged.(reference.Tagged); ok {
-		tagOrDigest = t.Tag()
+	tagOrDigest = r.defaultTag().tag
+	if r.digest != "" {
+		tagOrDigest = r.digest
 	}
-	if d, ok := named.(reference.Digested); ok {
-		tagOrDigest = d.Digest().String()
-	}
-	return reference.Domain(named), reference.FamiliarName(named), tagOrDigest
+	return r.domain, r.familiarName(), tagOrDigest
 }
 
 func isTerminal(w io.Writer) bool {
@@ -258,32 +253,32 @@ func (c *CLI) pullTo(ctx context.Context, out io.Writer, ref string, plat *berth
 
 // pathOf is the repository path Docker prints after "Pulling from".
 func pathOf(ref, familiar string) string {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
+	r, ok := parseRef(ref)
+	if !ok {
 		return familiar
 	}
-	return reference.Path(named)
+	return r.path
 }
 
 func familiarName(name string) string {
-	named, err := reference.ParseNormalizedNamed(name)
-	if err != nil {
+	r, ok := parseRef(name)
+	if !ok {
 		return name
 	}
-	return reference.FamiliarString(named)
+	return r.withTagAndDigest(r.familiarName())
 }
 
 // repoTag splits a stored name into Docker's REPOSITORY and TAG columns.
 func repoTag(name string) (string, string) {
-	named, err := reference.ParseNormalizedNamed(name)
-	if err != nil {
+	r, ok := parseRef(name)
+	if !ok {
 		return name, "<none>"
 	}
 	tag := "<none>"
-	if t, ok := named.(reference.Tagged); ok {
-		tag = t.Tag()
+	if r.tag != "" {
+		tag = r.tag
 	}
-	return reference.FamiliarName(named), tag
+	return r.familiarName(), tag
 }
 
 // shortID is the 12 hex digits Docker shows as IMAGE ID.
@@ -556,8 +551,9 @@ func (c *CLI) prune(ctx context.Context, all, allIngests bool) error {
 		used := map[string]bool{}
 		for _, ct := range ctrs.Containers {
 			used[ct.GetImageDigest()] = true
-			if named, err := reference.ParseNormalizedNamed(ct.GetSpec().GetImage()); err == nil {
-				used[reference.TagNameOnly(named).String()] = true
+			if r, ok := parseRef(ct.GetSpec().GetImage()); ok {
+				r = r.defaultTag()
+				used[r.withTagAndDigest(r.name())] = true
 			}
 		}
 		header := false

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/distribution/reference"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
@@ -188,9 +187,10 @@ func (c *CLI) pullImage(ctx context.Context, cl *Client, ref string, platform *b
 
 // familiar is the short form of a reference Docker shows ("busybox:latest").
 func familiar(ref string) string {
-	named, err := reference.ParseNormalizedNamed(ref)
-	if err != nil {
+	r, ok := parseRef(ref)
+	if !ok {
 		return ref
 	}
-	return reference.FamiliarString(reference.TagNameOnly(named))
+	r = r.defaultTag()
+	return r.withTagAndDigest(r.familiarName())
 }
