@@ -170,7 +170,20 @@ func (b *berth) running() (int, error) {
 	return len(strings.Fields(out)), nil
 }
 
-func (b *berth) shimPids() ([]int, error) { return pidsOf("berth-shim", b.dir) }
+// shimPids are the containers' shims: the idle warm shim (working
+// directory still under <state>/warm, see runtime.warm_shims) serves no
+// container and is left out.
+func (b *berth) shimPids() ([]int, error) {
+	all, err := pidsOf("berth-shim", b.dir)
+	var pids []int
+	for _, pid := range all {
+		cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if !strings.HasPrefix(cwd, filepath.Join(b.dir, "state", "warm")+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, err
+}
 
 // containerd drives a private containerd through ctr.
 type containerd struct {
