@@ -59,6 +59,9 @@ const BootstrapVersion = 1
 const Protocol = "ttrpc"
 
 func main() {
+	// No heap profiling: nothing reads it, and its first sample makes the
+	// runtime allocate a profile hash table that each shim would keep.
+	runtime.MemProfileRate = 0
 	if container.IsInit() {
 		container.Init() // never returns
 	}
