@@ -10,6 +10,9 @@ TOOLS := $(BIN)/tools
 BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+# protoc-gen-go-ttrpc generates the shim API (berth.shim.v1, served with
+# ttrpc); keep it at the github.com/containerd/ttrpc version in go.mod.
+PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
 GRPCURL_VERSION := v1.9.4
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -35,20 +38,22 @@ $(TOOLS)/protoc-gen-go:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(TOOLS)/protoc-gen-go-grpc:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(TOOLS)/protoc-gen-go-ttrpc:
+	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
 $(TOOLS)/grpcurl:
 	GOBIN=$(TOOLS) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
-tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/grpcurl
+tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/protoc-gen-go-ttrpc $(TOOLS)/grpcurl
 
 proto-lint: $(TOOLS)/buf
 	$(TOOLS)/buf lint
 
 # proto regenerates the Go code beside the .proto files.
-proto: proto-lint $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+proto: proto-lint $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/protoc-gen-go-ttrpc
 	$(TOOLS)/buf generate
 
 # proto-check generates into a scratch dir and fails if the committed code differs.
-proto-check: proto-lint $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc
+proto-check: proto-lint $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/protoc-gen-go-ttrpc
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(TOOLS)/buf generate -o $$tmp && \
 	diff -r -x '*.proto' $$tmp/proto proto && \

@@ -508,7 +508,7 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	up, err := t.Shim.Attach(sctx)
+	up, err := t.Attach(sctx)
 	if err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	}
@@ -517,10 +517,13 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		Logs: open.GetLogs()}}}); err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	}
-	// Once the shim has subscribed this stream (its headers say so), the
-	// client is told, by ours, that it may start the process.
-	if _, err := up.Header(); err != nil {
+	// Once the shim has subscribed this stream (its first message says
+	// so), the client is told, by our headers, that it may start the
+	// process.
+	if msg, err := up.Recv(); err != nil {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	} else if !msg.GetSubscribed() {
+		return fmt.Errorf("attach to %s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", describe(c.Id, open.GetExecId()), errdefs.ErrFailedPrecondition)
 	}
 	var header metadata.MD
 	if open.GetStart() {

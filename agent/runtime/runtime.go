@@ -6,10 +6,15 @@
 // The shim protocol (start arguments, bootstrap record, socket path, the
 // bundle's files) is documented in cmd/berth-shim and shim/bundle.
 //
+// The shim API is served with ttrpc (the bootstrap record's protocol):
+// one connection per task for calls and events, and one more per Attach,
+// because ttrpc cannot cancel a single stream: closing its connection is
+// how an attach ends.
+//
 // Events: for every task the manager keeps one goroutine streaming the
-// shim's Events and hands each event to Config.OnEvent, in order. After
-// an init exit has been handled it re-opens the stream with after_seq, so
-// the shim can forget what the agent has seen. An event that arrives
+// shim's Events and hands each event to Config.OnEvent, in order. The
+// shim ends the stream after the init's exit; the manager then re-opens
+// it with after_seq, so the shim can forget what the agent has seen. An event that arrives
 // twice (after a reconnect, events not yet acknowledged are sent again)
 // must be harmless to OnEvent.
 package runtime
@@ -20,22 +25,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -51,6 +58,10 @@ import (
 
 // BootstrapVersion is the shim start protocol version this agent speaks.
 const BootstrapVersion = 1
+
+// Protocol is the RPC protocol this agent speaks to shims (the bootstrap
+// record's protocol): ttrpc over the shim's unix socket.
+const Protocol = "ttrpc"
 
 // dialTimeout bounds each reconnect to a shim: a dead shim must cost
 // seconds, not minutes (containerd#11409).
@@ -122,14 +133,17 @@ type Task struct {
 	NS, ID string
 	// Bundle is the bundle directory.
 	Bundle string
-	// Shim is the client of the task's shim.
+	// Shim is the client of the task's shim. Its Attach is not for use:
+	// ttrpc cannot cancel a stream, so call Task.Attach, which gives each
+	// attach a connection of its own.
 	Shim shimv1.ShimServiceClient
 	// ShimPid is the long-lived shim's pid.
 	ShimPid int
 	// Pid is the init's pid as Create reported it (0 after a reconnect).
 	Pid uint32
 
-	conn   *grpc.ClientConn
+	addr   string // the shim's socket path
+	conn   *ttrpc.Client
 	cancel context.CancelFunc // stops the event goroutine
 	closed chan struct{}      // closed when the event goroutine ends
 }
@@ -306,25 +320,81 @@ func parseBootstrap(data []byte) (*shimv1.Bootstrap, error) {
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, b); err != nil {
 		return nil, fmt.Errorf("bootstrap record: %v: %w", err, errdefs.ErrDataLoss)
 	}
+	if b.GetProtocol() != Protocol {
+		return nil, fmt.Errorf("the shim serves protocol %q, this berthd speaks %q: use matching berthd and berth-shim binaries: %w",
+			b.GetProtocol(), Protocol, errdefs.ErrFailedPrecondition)
+	}
 	return b, nil
 }
 
 // dial connects to the shim and checks it is the right one.
 func (m *Manager) dial(ns, id, dir string, b *shimv1.Bootstrap) (*Task, error) {
-	conn, err := grpc.NewClient(b.GetAddress(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	addr, ok := strings.CutPrefix(b.GetAddress(), "unix://")
+	if !ok {
+		return nil, fmt.Errorf("shim of %s: address %q is not unix://: %w", id, b.GetAddress(), errdefs.ErrFailedPrecondition)
+	}
+	conn, err := dialShim(addr)
 	if err != nil {
 		return nil, fmt.Errorf("shim of %s at %s: %v: %w", id, b.GetAddress(), err, errdefs.ErrUnavailable)
 	}
-	t := &Task{NS: ns, ID: id, Bundle: dir, Shim: shimv1.NewShimServiceClient(conn), conn: conn}
+	t := &Task{NS: ns, ID: id, Bundle: dir, Shim: shimv1.NewShimServiceClient(conn), addr: addr, conn: conn}
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 	defer cancel()
-	resp, err := t.Shim.Connect(ctx, &shimv1.ConnectRequest{Id: id}, grpc.WaitForReady(true))
+	resp, err := t.Shim.Connect(ctx, &shimv1.ConnectRequest{Id: id})
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("shim of %s at %s does not answer: %v: %w", id, b.GetAddress(), err, errdefs.ErrUnavailable)
 	}
 	t.ShimPid = int(resp.GetShimPid())
 	return t, nil
+}
+
+// dialShim connects a ttrpc client to the shim's socket. The shim's
+// listener is bound before its address is published, so a live shim
+// accepts at once; there is nothing to retry.
+func dialShim(path string) (*ttrpc.Client, error) {
+	c, err := net.DialTimeout("unix", path, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return ttrpc.NewClient(c, ttrpc.WithUnaryClientInterceptor(
+		func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, _ *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
+			return transportStatus(invoke(ctx, req, resp))
+		})), nil
+}
+
+// transportStatus gives errors of the connection rather than of the shim
+// a status, as gRPC's client does: a closed connection is Unavailable, a
+// cancelled or expired context Canceled or DeadlineExceeded. The shim's
+// own statuses pass unchanged.
+func transportStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Unavailable, "shim connection: "+err.Error())
+}
+
+// Attach opens the shim's Attach stream on a connection of its own, closed
+// when ctx ends: ttrpc has no way to cancel one stream, and closing the
+// connection is what ends the shim's side of it.
+func (t *Task) Attach(ctx context.Context) (shimv1.ShimService_AttachClient, error) {
+	conn, err := dialShim(t.addr)
+	if err != nil {
+		return nil, transportStatus(err)
+	}
+	stream, err := shimv1.NewShimServiceClient(conn).Attach(ctx)
+	if err != nil {
+		conn.Close()
+		return nil, transportStatus(err)
+	}
+	context.AfterFunc(ctx, func() { conn.Close() })
+	return stream, nil
 }
 
 // register adds t and starts following its events from after.
@@ -354,6 +424,11 @@ func (m *Manager) follow(ctx context.Context, t *Task, after uint64) {
 		if err == nil {
 			for {
 				ev, rerr := stream.Recv()
+				if rerr == io.EOF {
+					// The shim ends the stream after the init's exit;
+					// re-opening acknowledges everything so far.
+					break
+				}
 				if rerr != nil {
 					err = rerr
 					break
@@ -363,7 +438,6 @@ func (m *Manager) follow(ctx context.Context, t *Task, after uint64) {
 				after = ev.GetSeq()
 				if ev.GetTopic() == "/tasks/exit" && ev.GetExecId() == "" {
 					sawExit = true
-					break // re-open: acknowledges everything so far
 				}
 			}
 		}
@@ -371,6 +445,7 @@ func (m *Manager) follow(ctx context.Context, t *Task, after uint64) {
 			return
 		}
 		if err != nil {
+			err = transportStatus(err)
 			failures++
 			if failures >= 3 || status.Code(err) == codes.Unavailable && failures >= 2 {
 				if !sawExit {
@@ -572,7 +647,7 @@ func (m *Manager) reconnectOne(dir string) Recovered {
 	if errors.Is(err, fs.ErrNotExist) {
 		// berthd died between starting the shim and recording it: the
 		// shim may be serving at its derived address. Stop it.
-		b := &shimv1.Bootstrap{Version: BootstrapVersion, Address: "unix://" + bundle.SocketPath(m.cfg.State, r.NS, r.ID)}
+		b := &shimv1.Bootstrap{Version: BootstrapVersion, Protocol: Protocol, Address: "unix://" + bundle.SocketPath(m.cfg.State, r.NS, r.ID)}
 		if t, derr := m.dial(r.NS, r.ID, dir, b); derr == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 			t.Shim.Shutdown(ctx, &shimv1.ShutdownRequest{Id: r.ID, Now: true})
@@ -604,9 +679,11 @@ func (m *Manager) Close() {
 	}
 }
 
-// fromStatus turns a shim's gRPC error into an errdefs-wrapped error that
-// keeps the original status (and its details) reachable with errors.As.
+// fromStatus turns a shim's error status into an errdefs-wrapped error
+// that keeps the original status (and its details) reachable with
+// errors.As.
 func fromStatus(err error, what string) error {
+	err = transportStatus(err)
 	var kind error
 	switch status.Code(err) {
 	case codes.NotFound:

@@ -12,13 +12,14 @@
 // it), re-executes itself as `berth-shim serve …` in a new session with
 // the listener as fd 3, stdin and stdout on /dev/null and stderr appended
 // to DIR/shim.log, so nothing ties it to berthd. It then prints one line
-// of protobuf JSON, a berth.shim.v1.Bootstrap with version 1, the address
-// and the long-lived shim's pid, and exits 0. Any failure exits non-zero
-// with the reason on stderr. berthd records the line as DIR/bootstrap.json.
+// of protobuf JSON, a berth.shim.v1.Bootstrap with version 1, the
+// protocol ("ttrpc"), the address and the long-lived shim's pid, and
+// exits 0. Any failure exits non-zero with the reason on stderr. berthd
+// records the line as DIR/bootstrap.json.
 //
 // serve is a child subreaper (exec'd processes are reparented to it),
-// serves ShimService on fd 3, and exits after a Shutdown call, removing
-// its socket.
+// serves ShimService with ttrpc (github.com/containerd/ttrpc) on fd 3,
+// and exits after a Shutdown call, removing its socket.
 //
 // `berth-shim start --warm --state STATE` starts a warm shim, one not yet
 // bound to a container, which berthd adopts for a later task over the
@@ -43,8 +44,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/berth-dev/berth/metadata/identifiers"
@@ -58,7 +59,15 @@ import (
 // BootstrapVersion is the version of the start protocol this shim speaks.
 const BootstrapVersion = 1
 
+// Protocol is the RPC protocol ShimService is served with, as the
+// bootstrap record names it. ttrpc rather than gRPC: one per container,
+// the shim's memory counts, and ttrpc's server is a fraction of gRPC's.
+const Protocol = "ttrpc"
+
 func main() {
+	// No heap profiling: nothing reads it, and its first sample makes the
+	// runtime allocate a profile hash table that each shim would keep.
+	runtime.MemProfileRate = 0
 	if container.IsInit() {
 		container.Init() // never returns
 	}
@@ -219,7 +228,7 @@ func launch(sock, dir string, args []string, extra *os.File) error {
 		return err
 	}
 	b := &shimv1.Bootstrap{Version: BootstrapVersion, Address: "unix://" + sock, Pid: int32(cmd.Process.Pid),
-		Protocol: "grpc", ShimVersion: version.Version}
+		Protocol: Protocol, ShimVersion: version.Version}
 	out, err := protojson.Marshal(b)
 	if err != nil {
 		cmd.Process.Kill()
@@ -287,17 +296,22 @@ func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre 
 	defer svc.Close()
 	svc.SeccompCacheDir = filepath.Join(state, "seccomp")
 	svc.Prefork = pre
-	srv := grpc.NewServer()
-	shimv1.RegisterShimServiceServer(srv, svc)
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	shimv1.RegisterShimServiceService(srv, svc)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	log.Debug("serving", "socket", sock)
+	go func() { errc <- srv.Serve(ctx, l) }()
+	log.Debug("serving", "socket", sock, "protocol", Protocol)
 	select {
 	case <-svc.Done:
 		// Let the Shutdown reply go out, then stop.
 		time.Sleep(10 * time.Millisecond)
-		srv.Stop()
-		<-errc
+		srv.Close()
+		if err = <-errc; errors.Is(err, ttrpc.ErrServerClosed) {
+			err = nil
+		}
 	case err = <-errc:
 	}
 	os.Remove(sock)

@@ -2,7 +2,9 @@ package task
 
 import (
 	"encoding/binary"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -13,12 +15,17 @@ import (
 // each exit once. It never calls wait(-1): the container package reaps
 // its own short-lived exec helpers, and a wildcard wait would steal them.
 //
-// One goroutine blocks in epoll_wait on every registered pidfd; a pidfd
-// polls readable when its process exits, and waitid(P_PIDFD) then reaps
-// exactly that process. Registration from other goroutines is safe while
-// epoll_wait blocks (the kernel allows concurrent epoll_ctl).
+// One goroutine waits on an epoll fd holding every registered pidfd; a
+// pidfd polls readable when its process exits, and waitid(P_PIDFD) then
+// reaps exactly that process. Registration from other goroutines is safe
+// while it waits (the kernel allows concurrent epoll_ctl). The epoll fd is
+// non-blocking and itself waited for by the Go runtime's poller (an epoll
+// fd is readable while it has ready events), so the wait holds no OS
+// thread: a thread blocked in epoll_wait costs a shim its stack and more.
 type exitWatcher struct {
 	epfd int
+	ep   *os.File // epfd, for the runtime poller
+	rc   syscall.RawConn
 	out  chan<- exitEvent
 
 	mu   sync.Mutex
@@ -37,7 +44,17 @@ func newExitWatcher(out chan<- exitEvent) (*exitWatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &exitWatcher{epfd: epfd, out: out, keys: map[int32]string{}}, nil
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ep := os.NewFile(uintptr(epfd), "pidfd-epoll")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return nil, err
+	}
+	return &exitWatcher{epfd: epfd, ep: ep, rc: rc, out: out, keys: map[int32]string{}}, nil
 }
 
 // add watches pidfd, which the watcher then owns and closes after reaping.
@@ -59,11 +76,14 @@ func (w *exitWatcher) add(pidfd int, execID string) error {
 func (w *exitWatcher) run() {
 	events := make([]unix.EpollEvent, 8)
 	for {
-		n, err := unix.EpollWait(w.epfd, events, -1)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
+		var n int
+		var werr error
+		// Read calls the function until it returns true, parking in the
+		// runtime poller in between; it fails once close has run.
+		if err := w.rc.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			return n > 0 || (werr != nil && werr != unix.EINTR)
+		}); err != nil || werr != nil {
 			return
 		}
 		for _, ev := range events[:n] {
@@ -91,7 +111,7 @@ func (w *exitWatcher) run() {
 	}
 }
 
-func (w *exitWatcher) close() { unix.Close(w.epfd) }
+func (w *exitWatcher) close() { w.ep.Close() }
 
 // exitStatus turns a waitid result into a shell-style status: the exit
 // code, or 128+signal for a killed process.

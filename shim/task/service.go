@@ -40,7 +40,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -100,8 +99,6 @@ type proc struct {
 
 // Service serves ShimService for one container.
 type Service struct {
-	shimv1.UnimplementedShimServiceServer
-
 	id, ns, bundleDir string
 	log               *slog.Logger
 
@@ -968,8 +965,11 @@ func (s *Service) Shutdown(ctx context.Context, req *shimv1.ShutdownRequest) (*s
 	return &shimv1.ShutdownResponse{}, nil
 }
 
-// Events implements ShimService; see the package doc.
-func (s *Service) Events(req *shimv1.EventsRequest, stream grpc.ServerStreamingServer[shimv1.EventsResponse]) error {
+// Events implements ShimService; see the package doc. The stream ends
+// after the init's exit: ttrpc cannot cancel a stream, so the agent, which
+// re-opens it then with after_seq (acknowledging what it has seen), reads
+// it to its end instead of abandoning it.
+func (s *Service) Events(ctx context.Context, req *shimv1.EventsRequest, stream shimv1.ShimService_EventsServer) error {
 	after := req.GetAfterSeq()
 	for {
 		var batch []*shimv1.EventsResponse
@@ -995,10 +995,13 @@ func (s *Service) Events(req *shimv1.EventsRequest, stream grpc.ServerStreamingS
 				return err
 			}
 			after = ev.Seq
+			if ev.GetTopic() == "/tasks/exit" && ev.GetExecId() == "" {
+				return nil
+			}
 		}
 		select {
 		case <-wake:
-		case <-stream.Context().Done():
+		case <-ctx.Done():
 			return nil
 		case <-s.ctx.Done():
 			return nil
@@ -1009,7 +1012,10 @@ func (s *Service) Events(req *shimv1.EventsRequest, stream grpc.ServerStreamingS
 // Attach implements ShimService: output of the named process to the
 // client, the client's stdin and resizes to the process, and last the
 // exit status if the process exits while attached.
-func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, shimv1.AttachResponse]) error {
+//
+// ttrpc cannot cancel a stream: the agent opens each Attach on a
+// connection of its own and closes it to detach, which ends ctx.
+func (s *Service) Attach(ctx context.Context, stream shimv1.ShimService_AttachServer) error {
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -1046,10 +1052,10 @@ func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, s
 		ch, history = p.out.subscribe()
 	}
 	defer p.out.unsubscribe(ch)
-	// Headers tell the agent (and through it the client) that the
-	// subscription is in place: output from now on reaches this stream,
-	// so the client may start the process.
-	if err := stream.SendHeader(nil); err != nil {
+	// The first message tells the agent (and through it the client) that
+	// the subscription is in place: output from now on reaches this
+	// stream, so the client may start the process.
+	if err := stream.Send(&shimv1.AttachResponse{Output: &shimv1.AttachResponse_Subscribed{Subscribed: true}}); err != nil {
 		return err
 	}
 
@@ -1118,7 +1124,7 @@ func (s *Service) Attach(stream grpc.BidiStreamingServer[shimv1.AttachRequest, s
 				}
 			}
 			return stream.Send(&shimv1.AttachResponse{Output: &shimv1.AttachResponse_Exit{Exit: s.waitResponse(p)}})
-		case <-stream.Context().Done():
+		case <-ctx.Done():
 			return nil
 		}
 	}

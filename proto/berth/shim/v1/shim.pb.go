@@ -139,7 +139,9 @@ type Bootstrap struct {
 	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
 	// pid is the long-lived shim process.
 	Pid int32 `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
-	// protocol is "grpc".
+	// protocol is the RPC protocol ShimService is served with at address:
+	// "ttrpc" (github.com/containerd/ttrpc, protobuf-encoded). An agent
+	// refuses a protocol it does not speak.
 	Protocol string `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	// shim_version is the shim binary's release, for diagnostics.
 	ShimVersion   string `protobuf:"bytes,5,opt,name=shim_version,json=shimVersion,proto3" json:"shim_version,omitempty"`
@@ -2194,6 +2196,7 @@ type AttachResponse struct {
 	//
 	//	*AttachResponse_Data
 	//	*AttachResponse_Exit
+	//	*AttachResponse_Subscribed
 	Output        isAttachResponse_Output `protobuf_oneof:"output"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2254,6 +2257,15 @@ func (x *AttachResponse) GetExit() *WaitResponse {
 	return nil
 }
 
+func (x *AttachResponse) GetSubscribed() bool {
+	if x != nil {
+		if x, ok := x.Output.(*AttachResponse_Subscribed); ok {
+			return x.Subscribed
+		}
+	}
+	return false
+}
+
 type isAttachResponse_Output interface {
 	isAttachResponse_Output()
 }
@@ -2266,9 +2278,18 @@ type AttachResponse_Exit struct {
 	Exit *WaitResponse `protobuf:"bytes,2,opt,name=exit,proto3,oneof"`
 }
 
+type AttachResponse_Subscribed struct {
+	// subscribed is the shim's first message on every Attach stream: the
+	// subscription is in place, output from now on reaches this stream,
+	// so the client may start the process.
+	Subscribed bool `protobuf:"varint,3,opt,name=subscribed,proto3,oneof"`
+}
+
 func (*AttachResponse_Data) isAttachResponse_Output() {}
 
 func (*AttachResponse_Exit) isAttachResponse_Output() {}
+
+func (*AttachResponse_Subscribed) isAttachResponse_Output() {}
 
 type AttachOutput struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2712,10 +2733,13 @@ const file_berth_shim_v1_shim_proto_rawDesc = "" +
 	"\x05stdin\x18\x03 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x04 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x05 \x01(\bR\x06stderr\x12\x12\n" +
-	"\x04logs\x18\x06 \x01(\bR\x04logs\"\x80\x01\n" +
+	"\x04logs\x18\x06 \x01(\bR\x04logs\"\xa2\x01\n" +
 	"\x0eAttachResponse\x121\n" +
 	"\x04data\x18\x01 \x01(\v2\x1b.berth.shim.v1.AttachOutputH\x00R\x04data\x121\n" +
-	"\x04exit\x18\x02 \x01(\v2\x1b.berth.shim.v1.WaitResponseH\x00R\x04exitB\b\n" +
+	"\x04exit\x18\x02 \x01(\v2\x1b.berth.shim.v1.WaitResponseH\x00R\x04exit\x12 \n" +
+	"\n" +
+	"subscribed\x18\x03 \x01(\bH\x00R\n" +
+	"subscribedB\b\n" +
 	"\x06output\"W\n" +
 	"\fAttachOutput\x123\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x1b.berth.shim.v1.OutputStreamR\x06stream\x12\x12\n" +
@@ -2897,6 +2921,7 @@ func file_berth_shim_v1_shim_proto_init() {
 	file_berth_shim_v1_shim_proto_msgTypes[34].OneofWrappers = []any{
 		(*AttachResponse_Data)(nil),
 		(*AttachResponse_Exit)(nil),
+		(*AttachResponse_Subscribed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
