@@ -11,22 +11,48 @@ import (
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
-// attachNetwork gives container c its network (a pinned namespace, CNI
-// ADD, ports and the generated /etc files) before its task is created.
-// Every mode goes through the manager, host too: it writes the host's
-// resolv.conf and hosts (plus --add-host) for the container, and no
-// namespace. The caller holds the container's task lock and must call
-// detachNetwork if the task is not created after all.
-func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Container) (*network.Attachment, error) {
+// attachNetwork starts giving container c its network (a pinned
+// namespace, the generated /etc files, ports) before its task is created,
+// with CNI ADD running in the background while the shim starts: the
+// pending attachment's paths go into the spec at once. Every mode goes
+// through the manager, host too: it writes the host's resolv.conf and
+// hosts (plus --add-host) for the container, and no namespace. The caller
+// holds the container's task lock and must end the attachment with
+// joinNetwork once the task exists, or with cancelNetwork if it does not.
+func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Container) (*network.Pending, error) {
 	// A stale attachment (an earlier task released while berthd died
-	// before detaching it) would make Attach refuse: release it first.
+	// before detaching it) would make Begin refuse: release it first.
 	if err := a.network.Detach(context.WithoutCancel(ctx), ns, c.Id); err != nil {
 		return nil, err
 	}
-	return a.network.Attach(ctx, network.AttachRequest{
+	return a.network.Begin(ctx, network.AttachRequest{
 		Namespace: ns, ContainerID: c.Id, Name: c.GetName(),
 		Hostname: c.GetSpec().GetHostname(), Config: c.GetSpec().GetNetwork(),
 	})
+}
+
+// joinNetwork waits for the ADD that attachNetwork started, once the
+// task is created and before it can start. If the network failed, it is
+// torn down, and so is the task (created in a namespace without its
+// network, it must never run): CreateTask then fails as a failed attach
+// did, leaving nothing.
+func (a *Agent) joinNetwork(ctx context.Context, ns, id string, p *network.Pending) (*network.Attachment, error) {
+	att, err := p.Wait(ctx)
+	if err != nil {
+		if _, derr := a.runtime.Delete(context.WithoutCancel(ctx), ns, id, true); derr != nil && !errdefs.IsNotFound(derr) {
+			a.log.Warn("delete the task of a container whose network failed", "namespace", ns, "container", id, "err", derr)
+		}
+		return nil, err
+	}
+	return att, nil
+}
+
+// cancelNetwork gives up a pending attachment whose task was not created
+// (or was deleted by joinNetwork): it waits for ADD and releases all of it.
+func (a *Agent) cancelNetwork(ctx context.Context, ns, id string, p *network.Pending) {
+	if err := p.Cancel(ctx); err != nil {
+		a.log.Warn("release the network of a container whose task was not created", "namespace", ns, "container", id, "err", err)
+	}
 }
 
 // detachNetwork releases a container's network once its task is gone for

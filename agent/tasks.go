@@ -123,7 +123,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 			maxFiles = int(l.GetMaxFiles())
 		}
 	}
-	att, err := s.a.attachNetwork(ctx, ns, c)
+	pending, err := s.a.attachNetwork(ctx, ns, c)
 	if err != nil {
 		return nil, err
 	}
@@ -131,9 +131,10 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	defer func() {
 		if !created {
 			// Nothing of the network outlives a task that was never made.
-			s.a.detachNetwork(ctx, ns, c.Id)
+			s.a.cancelNetwork(ctx, ns, c.Id, pending)
 		}
 	}()
+	att := pending.Attachment // CNI ADD runs while the shim starts
 	t, err := s.a.runtime.Create(ctx, runtime.CreateOpts{
 		NS: ns, ID: c.Id, Rootfs: mounts,
 		Spec: func(rootfs string) (*specs.Spec, error) {
@@ -158,6 +159,9 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 			})
 			return nil, fmt.Errorf("%w (exit code %d)", err, code)
 		}
+		return nil, err
+	}
+	if att, err = s.a.joinNetwork(ctx, ns, c.Id, pending); err != nil {
 		return nil, err
 	}
 	created = true
