@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -18,7 +19,8 @@ import (
 // through the manager, host too: it writes the host's resolv.conf and
 // hosts (plus --add-host) for the container, and no namespace. The caller
 // holds the container's task lock and must end the attachment with
-// joinNetwork once the task exists, or with cancelNetwork if it does not.
+// joinNetwork before the shim creates the init (runtime.CreateOpts.BeforeInit),
+// and with cancelNetwork if the task is not created.
 func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Container) (*network.Pending, error) {
 	// A stale attachment (an earlier task released while berthd died
 	// before detaching it) would make Begin refuse: release it first.
@@ -31,24 +33,23 @@ func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Contain
 	})
 }
 
-// joinNetwork waits for the ADD that attachNetwork started, once the
-// task is created and before it can start. If the network failed, it is
-// torn down, and so is the task (created in a namespace without its
-// network, it must never run): CreateTask then fails as a failed attach
-// did, leaving nothing.
-func (a *Agent) joinNetwork(ctx context.Context, ns, id string, p *network.Pending) (*network.Attachment, error) {
-	att, err := p.Wait(ctx)
-	if err != nil {
-		if _, derr := a.runtime.Delete(context.WithoutCancel(ctx), ns, id, true); derr != nil && !errdefs.IsNotFound(derr) {
-			a.log.Warn("delete the task of a container whose network failed", "namespace", ns, "container", id, "err", derr)
-		}
-		return nil, err
+// joinNetwork is runtime.CreateOpts.BeforeInit: once the shim is up, it
+// waits for the ADD that attachNetwork started, so the init is only
+// created in a namespace whose network is complete. If ADD failed, the
+// network is torn down already, Create stops the shim, and CreateTask
+// fails as a failed attach always did: no task, no exit event, nothing
+// left.
+func (a *Agent) joinNetwork(ctx context.Context, id string, p *network.Pending) func() error {
+	return func() error {
+		start := time.Now()
+		_, err := p.Wait(ctx)
+		a.log.Debug("network joined", "container", id, "waited", time.Since(start), "err", err)
+		return err
 	}
-	return att, nil
 }
 
-// cancelNetwork gives up a pending attachment whose task was not created
-// (or was deleted by joinNetwork): it waits for ADD and releases all of it.
+// cancelNetwork gives up a pending attachment whose task was not created:
+// it waits for ADD and releases all of it.
 func (a *Agent) cancelNetwork(ctx context.Context, ns, id string, p *network.Pending) {
 	if err := p.Cancel(ctx); err != nil {
 		a.log.Warn("release the network of a container whose task was not created", "namespace", ns, "container", id, "err", err)

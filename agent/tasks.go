@@ -149,6 +149,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		Terminal: c.GetSpec().GetTty(), Stdin: c.GetSpec().GetOpenStdin(),
 		Log:          &shimv1.LogOptions{Path: logPath, MaxSizeBytes: maxSize, MaxFiles: int32(maxFiles)},
 		CgroupParent: s.a.cfg.CgroupParent,
+		BeforeInit:   s.a.joinNetwork(ctx, c.Id, pending),
 	})
 	if err != nil {
 		if code, ok := runtime.ExitCodeOf(err); ok {
@@ -161,10 +162,10 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		}
 		return nil, err
 	}
-	if att, err = s.a.joinNetwork(ctx, ns, c.Id, pending); err != nil {
-		return nil, err
-	}
 	created = true
+	if full, err := pending.Wait(ctx); err == nil { // joined already, by BeforeInit
+		att = full
+	}
 	pid := uint32(0)
 	if st, err := t.Shim.State(ctx, &shimv1.StateRequest{Id: c.Id}); err == nil {
 		pid = st.GetPid()

@@ -690,19 +690,19 @@ func (m *Manager) delCNI(ctx context.Context, r *record) error {
 }
 
 // Recover tears down every attachment whose container live reports gone,
-// completes those whose attach never finished (finishInterrupted), then
-// sweeps what no record accounts for: pinned namespaces, generated
-// files and host-local IP allocations. Call it once after New, before
+// and every attach that never finished, then sweeps what no record
+// accounts for: pinned namespaces, generated files and host-local IP
+// allocations. Call it once after New, before
 // serving, with live answering from the runtime's view of its tasks.
 func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) error {
 	m.mu.Lock()
-	var dead, unfinished []key
+	var dead []key
 	for k, r := range m.records {
-		switch {
-		case !live(k.ns, k.id):
+		// An attach that never finished was never joined by an init (the
+		// runtime creates the init only after Wait succeeded), so no
+		// container uses it, live or not.
+		if !r.Done || !live(k.ns, k.id) {
 			dead = append(dead, k)
-		case !r.Done:
-			unfinished = append(unfinished, k)
 		}
 	}
 	m.mu.Unlock()
@@ -710,11 +710,6 @@ func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) er
 	for _, k := range dead {
 		m.log.Info("releasing the network of a container that is gone", "namespace", k.ns, "container", k.id)
 		if err := m.teardown(ctx, k); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, k := range unfinished {
-		if err := m.finishInterrupted(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -769,53 +764,6 @@ func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) er
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// finishInterrupted completes an attachment whose Begin ran but whose
-// Wait never did (berthd died in between) for a container that is live:
-// the runtime may have created its task in the namespace and with the
-// files Begin made. Whatever the interrupted ADD did is deleted and ADD
-// runs again, with the same configuration; if that fails, everything is
-// torn down, as for a failed attach.
-func (m *Manager) finishInterrupted(ctx context.Context, k key) error {
-	m.mu.Lock()
-	r := m.records[k]
-	m.mu.Unlock()
-	if r == nil || r.Done {
-		return nil
-	}
-	m.log.Info("completing a network attachment that berthd did not finish", "namespace", k.ns, "container", k.id)
-	p := &Pending{m: m, k: k, r: r, done: make(chan struct{})}
-	close(p.done)
-	if r.Network != "" {
-		p.addErr = m.delCNI(ctx, r)
-		if p.addErr == nil {
-			var list *libcni.NetworkConfigList
-			if list, p.addErr = libcni.NetworkConfFromBytes(r.ConfList); p.addErr == nil {
-				p.attachments, p.ip, p.addErr = m.add(ctx, k, r.Network, r.IfName, list, m.runtimeConf(r))
-			}
-		}
-	}
-	if _, err := p.Wait(ctx); err != nil {
-		// Wait tore it down; only what that left is Recover's error.
-		m.log.Warn("cannot complete a network attachment after a restart; the container has no network", "namespace", k.ns, "container", k.id, "error", err)
-		m.mu.Lock()
-		_, left := m.records[k]
-		m.mu.Unlock()
-		if left {
-			return fmt.Errorf("container %s: release its unfinished network: %w", k.id, err)
-		}
-		return nil
-	}
-	res, err := reservePorts(r.Ports)
-	if err != nil {
-		m.log.Warn("cannot re-reserve a published port after restart", "namespace", k.ns, "container", k.id, "error", err)
-		return nil
-	}
-	m.mu.Lock()
-	m.reservations[k] = res
-	m.mu.Unlock()
-	return nil
 }
 
 func (m *Manager) saveRecord(r *record) error {

@@ -615,8 +615,7 @@ func TestNoLeaksAfterCyclesAndCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// live keeps one container, which must survive recovery intact; the
-	// unfinished attach of "halfway", whose namespace was never made, goes
-	// although live says yes to it.
+	// unfinished attach of "halfway" goes although live says yes to it.
 	e.attach(t, "survivor", "", nil)
 	if err := e.m.Recover(ctx, func(ns, id string) bool { return id == "survivor" || id == "halfway" }); err != nil {
 		t.Fatal(err)
