@@ -181,6 +181,10 @@ func (h *harness) networkCost() ([]Result, error) {
 		h.log.Info("network workload skipped: it measures berth only")
 		return nil, nil
 	}
+	// Earlier workloads' --rm removals may still be running.
+	if err := b.waitRemoved(time.Minute); err != nil {
+		return nil, err
+	}
 	modes := []string{"bridge", "none"}
 	start := map[string][]float64{}
 	cycle := map[string][]float64{}
