@@ -261,12 +261,13 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 // Begin starts attaching a container and returns as soon as everything a
 // runtime spec names exists: the record, the port reservations, the pinned
 // namespace and the /etc files. CNI ADD, two plugin execs, goes on in the
-// background, so the runtime can start the shim and create the
-// container's init (which joins the namespace, where eth0 appears when ADD
-// is done) at the same time. Wait then joins ADD and completes the
-// attachment; it must return before the container's process starts,
-// since only then does /etc/hosts hold the container's address. On an
-// error Begin has torn down everything it made.
+// background, so the runtime can mount the rootfs, write the spec and
+// start the shim meanwhile. Wait then joins ADD and completes the
+// attachment; call it before the runtime creates the container's init:
+// only then does the namespace have its interface and /etc/hosts the
+// container's address, and Recover releases unfinished attachments on the
+// grounds that no init joined them. On an error Begin has torn down
+// everything it made.
 func (m *Manager) Begin(ctx context.Context, req AttachRequest) (*Pending, error) {
 	if err := identifiers.Validate("namespace", req.Namespace); err != nil {
 		return nil, err
@@ -393,6 +394,10 @@ func (m *Manager) Begin(ctx context.Context, req AttachRequest) (*Pending, error
 	return p, nil
 }
 
+// errDetachedMeanwhile is Wait's error when the attachment was detached
+// while ADD ran; what is there now is not Wait's to tear down.
+var errDetachedMeanwhile = errors.New("attachment detached while it was being made")
+
 // Pending is an attachment whose CNI ADD may still be running (Begin).
 // The goroutine running ADD belongs to it and ends when ADD returns;
 // Wait or Cancel joins it, and one of them must be called.
@@ -494,7 +499,7 @@ func (p *Pending) Wait(ctx context.Context) (*Attachment, error) {
 	<-p.done
 	p.once.Do(func() {
 		p.att, p.err = p.finish()
-		if p.err != nil {
+		if p.err != nil && !errors.Is(p.err, errDetachedMeanwhile) {
 			if terr := p.m.teardown(context.WithoutCancel(ctx), p.k); terr != nil {
 				p.m.log.Error("cleanup after a failed attach", "namespace", p.k.ns, "container", p.k.id, "error", terr)
 			}
@@ -523,7 +528,7 @@ func (p *Pending) finish() (*Attachment, error) {
 	if m.records[p.k] != r {
 		// Detached while ADD ran: the caller broke the per-container
 		// serialisation.
-		return nil, fmt.Errorf("container %s: attachment detached while it was being made: %w", p.k.id, errdefs.ErrAborted)
+		return nil, fmt.Errorf("container %s: %w: %w", p.k.id, errDetachedMeanwhile, errdefs.ErrAborted)
 	}
 	r.Attachments, r.IP = p.attachments, p.ip
 	r.Done = true
@@ -692,8 +697,8 @@ func (m *Manager) delCNI(ctx context.Context, r *record) error {
 // Recover tears down every attachment whose container live reports gone,
 // and every attach that never finished, then sweeps what no record
 // accounts for: pinned namespaces, generated files and host-local IP
-// allocations. Call it once after New, before
-// serving, with live answering from the runtime's view of its tasks.
+// allocations. Call it once after New, before serving, with live
+// answering from the runtime's view of its tasks.
 func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) error {
 	m.mu.Lock()
 	var dead []key
