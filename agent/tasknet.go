@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -11,22 +12,48 @@ import (
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
-// attachNetwork gives container c its network (a pinned namespace, CNI
-// ADD, ports and the generated /etc files) before its task is created.
-// Every mode goes through the manager, host too: it writes the host's
-// resolv.conf and hosts (plus --add-host) for the container, and no
-// namespace. The caller holds the container's task lock and must call
-// detachNetwork if the task is not created after all.
-func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Container) (*network.Attachment, error) {
+// attachNetwork starts giving container c its network (a pinned
+// namespace, the generated /etc files, ports) before its task is created,
+// with CNI ADD running in the background while the shim starts: the
+// pending attachment's paths go into the spec at once. Every mode goes
+// through the manager, host too: it writes the host's resolv.conf and
+// hosts (plus --add-host) for the container, and no namespace. The caller
+// holds the container's task lock and must end the attachment with
+// joinNetwork before the shim creates the init (runtime.CreateOpts.BeforeInit),
+// and with cancelNetwork if the task is not created.
+func (a *Agent) attachNetwork(ctx context.Context, ns string, c *berthv1.Container) (*network.Pending, error) {
 	// A stale attachment (an earlier task released while berthd died
-	// before detaching it) would make Attach refuse: release it first.
+	// before detaching it) would make Begin refuse: release it first.
 	if err := a.network.Detach(context.WithoutCancel(ctx), ns, c.Id); err != nil {
 		return nil, err
 	}
-	return a.network.Attach(ctx, network.AttachRequest{
+	return a.network.Begin(ctx, network.AttachRequest{
 		Namespace: ns, ContainerID: c.Id, Name: c.GetName(),
 		Hostname: c.GetSpec().GetHostname(), Config: c.GetSpec().GetNetwork(),
 	})
+}
+
+// joinNetwork is runtime.CreateOpts.BeforeInit: once the shim is up, it
+// waits for the ADD that attachNetwork started, so the init is only
+// created in a namespace whose network is complete. If ADD failed, the
+// network is torn down already, Create stops the shim, and CreateTask
+// fails as a failed attach always did: no task, no exit event, nothing
+// left.
+func (a *Agent) joinNetwork(ctx context.Context, id string, p *network.Pending) func() error {
+	return func() error {
+		start := time.Now()
+		_, err := p.Wait(ctx)
+		a.log.Debug("network joined", "container", id, "waited", time.Since(start), "err", err)
+		return err
+	}
+}
+
+// cancelNetwork gives up a pending attachment whose task was not created:
+// it waits for ADD and releases all of it.
+func (a *Agent) cancelNetwork(ctx context.Context, ns, id string, p *network.Pending) {
+	if err := p.Cancel(ctx); err != nil {
+		a.log.Warn("release the network of a container whose task was not created", "namespace", ns, "container", id, "err", err)
+	}
 }
 
 // detachNetwork releases a container's network once its task is gone for
@@ -37,6 +64,22 @@ func (a *Agent) detachNetwork(ctx context.Context, ns, id string) {
 	if err := a.network.Detach(context.WithoutCancel(ctx), ns, id); err != nil {
 		a.log.Warn("release the network of a container", "namespace", ns, "container", id, "err", err)
 	}
+}
+
+// detachNetworkAlongside releases a container's network on a goroutine of
+// its own while fn runs, and returns once both are done: CNI DEL is two
+// plugin execs, which need not wait for the rest of a removal. Only for a
+// container that goes for good whatever fn does (removeContainer): where
+// a failed task delete must keep the network (DeleteTask), detach after
+// it instead.
+func (a *Agent) detachNetworkAlongside(ctx context.Context, ns, id string, fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.detachNetwork(ctx, ns, id)
+	}()
+	fn()
+	<-done
 }
 
 // withNetwork puts an attachment into a generated spec: the namespace to

@@ -137,7 +137,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 			maxFiles = int(l.GetMaxFiles())
 		}
 	}
-	att, err := s.a.attachNetwork(ctx, ns, c)
+	pending, err := s.a.attachNetwork(ctx, ns, c)
 	if err != nil {
 		return nil, err
 	}
@@ -145,9 +145,10 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	defer func() {
 		if !created {
 			// Nothing of the network outlives a task that was never made.
-			s.a.detachNetwork(ctx, ns, c.Id)
+			s.a.cancelNetwork(ctx, ns, c.Id, pending)
 		}
 	}()
+	att := pending.Attachment // CNI ADD runs while the shim starts
 	t, err := s.a.runtime.Create(ctx, runtime.CreateOpts{
 		NS: ns, ID: c.Id, Rootfs: mounts,
 		Spec: func(rootfs string) (*specs.Spec, error) {
@@ -162,6 +163,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		Terminal: c.GetSpec().GetTty(), Stdin: c.GetSpec().GetOpenStdin(),
 		Log:          &shimv1.LogOptions{Path: logPath, MaxSizeBytes: maxSize, MaxFiles: int32(maxFiles)},
 		CgroupParent: s.a.cfg.CgroupParent,
+		BeforeInit:   s.a.joinNetwork(ctx, c.Id, pending),
 	})
 	if err != nil {
 		if code, ok := runtime.ExitCodeOf(err); ok {
@@ -175,6 +177,9 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 		return nil, err
 	}
 	created = true
+	if full, err := pending.Wait(ctx); err == nil { // joined already, by BeforeInit
+		att = full
+	}
 	pid := t.Pid
 	var newLogPath *string
 	if c.GetLogPath() != logPath {

@@ -29,12 +29,13 @@ import (
 // network is bridge on subnet, both private to the test; busybox is
 // pulled. Its cleanup removes every container (then the daemon stops),
 // the bridge and its iptables rules.
-func netDaemon(t *testing.T, bridge, subnet string) *daemon {
+func netDaemon(t *testing.T, bridge, subnet string, networkConfig ...string) *daemon {
 	t.Helper()
 	reg := fixture.StartRegistry(t)
 	reg.Push(t, reg.Ref("library/busybox:latest"), fixture.Busybox(t))
 	d := startDaemon(t, withConfig(mirrorConfig(reg.Addr)+
-		fmt.Sprintf("[network]\nbridge = %q\ndefault_subnet = %q\nsubnet_pool = \"10.203.0.0/16\"\n", bridge, subnet)))
+		fmt.Sprintf("[network]\nbridge = %q\ndefault_subnet = %q\nsubnet_pool = \"10.203.0.0/16\"\n", bridge, subnet)+
+		strings.Join(networkConfig, "\n")))
 	t.Cleanup(func() { removeBridgeAndRules(t, bridge) })
 	t.Cleanup(func() {
 		if d.cmd == nil {
@@ -283,6 +284,58 @@ func TestContainerNetworkNoneAndHost(t *testing.T) {
 	if r := d.ctl("run", "--rm", "--network", "none", "-p", "18082:80", "busybox", "true"); r.Code == 0 || !strings.Contains(r.Stderr, "cannot be published") {
 		t.Errorf("-p with --network none: exit %d, stderr %q", r.Code, r.Stderr)
 	}
+}
+
+// CNI ADD runs while the shim starts. When it fails, the container's
+// task, created meanwhile, goes too, and nothing of the network is left:
+// no veth, namespace, allocation, rule or shim.
+func TestContainerNetworkFailedAddLeavesNothing(t *testing.T) {
+	const bridge, subnet, prefix = "bit-fa", "10.202.36.0/24", "10.202.36."
+	// The real bridge plugin, and an IPAM plugin that refuses every ADD
+	// (DEL succeeds): the bridge and the veth exist when ADD fails.
+	bin := t.TempDir()
+	if err := os.Symlink("/usr/lib/cni/bridge", filepath.Join(bin, "bridge")); err != nil {
+		t.Fatal(err)
+	}
+	ipam := "#!/bin/sh\ncase \"$CNI_COMMAND\" in\n" +
+		"ADD) echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"test ipam: no address for you\"}'; exit 1;;\n" +
+		"VERSION) echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"0.3.1\",\"0.4.0\",\"1.0.0\"]}';;\n" +
+		"esac\nexit 0\n"
+	if err := os.WriteFile(filepath.Join(bin, "host-local"), []byte(ipam), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := netDaemon(t, bridge, subnet, fmt.Sprintf("bin_dirs = [%q]\n", bin))
+	before := netLeftovers(t, d, bridge, prefix)
+
+	r := d.ctl("run", "--rm", "busybox", "true")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "no address for you") {
+		t.Fatalf("run --rm with a failing ADD: exit %d, stderr %q; want the plugin's error", r.Code, r.Stderr)
+	}
+	if got := strings.TrimSpace(d.mustCtl("ps", "-aq")); got != "" {
+		t.Errorf("the failed --rm container is listed: %q", got)
+	}
+	// Without --rm the container stays, created, without a task.
+	r = d.ctl("run", "-d", "--name", "kept", "busybox", "sleep", "100")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "no address for you") {
+		t.Fatalf("run -d with a failing ADD: exit %d, stderr %q", r.Code, r.Stderr)
+	}
+	if st := d.mustCtl("inspect", "-f", "{{.status.state}}", "kept"); !strings.Contains(st, "CREATED") {
+		t.Errorf("the failed container's state: %q, want created", st)
+	}
+	if r := d.ctl("exec", "kept", "true"); r.Code == 0 {
+		t.Errorf("exec into a container whose start failed succeeded: it has a task")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(processesMentioning(d.state)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pids := processesMentioning(d.state); len(pids) > 0 {
+		t.Errorf("shims left after failed starts: %v", pids)
+	}
+	if after := settledLeftovers(t, d, before, bridge, prefix); after != before {
+		t.Errorf("failed ADDs left network state:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	d.mustCtl("rm", "kept")
 }
 
 func TestContainerNetworkNoLeaks(t *testing.T) {

@@ -17,29 +17,33 @@
 // has a task (shim alive or bundle present). Per container, under the
 // runtime's per-container lock:
 //
-//  1. Attach, before the shim creates the container's init. It returns
-//     NetnsPath, which goes to agent/oci as
+//  1. Begin, before the shim creates the container's init. Its
+//     Pending.Attachment has NetnsPath, which goes to agent/oci as
 //     Input.NamespacePaths[specs.NetworkNamespace] (empty in host mode:
 //     then no network namespace is requested at all), and three files to
 //     bind-mount into the container: HostsPath on /etc/hosts (read-write;
 //     Berth rewrites it in place when peers come and go), HostnamePath on
-//     /etc/hostname and ResolvConfPath on /etc/resolv.conf. Networks and
-//     Ports go to ContainerStatus.networks and .ports. Hostname is the
-//     UTS hostname to set.
-//  2. Shim create + start. If they fail, Detach.
+//     /etc/hostname and ResolvConfPath on /etc/resolv.conf. Hostname is
+//     the UTS hostname to set. CNI ADD runs in the background meanwhile.
+//  2. Shim start, then Wait, before the shim creates the init: it joins
+//     ADD and returns the complete Attachment, whose Networks and Ports
+//     go to ContainerStatus.networks and .ports. If Wait fails, the
+//     network is gone already: stop the shim. If the shim fails, Cancel.
+//     Attach is Begin and Wait in one.
 //  3. Detach when the container is deleted (not when its task merely
 //     exits: a restart reuses the attachment, so the IP and ports stay;
 //     Get returns it again after a berthd restart). Detach is idempotent.
 //
 // # Crash safety
 //
-// Attach writes a record <StateDir>/attachments/<ns>/<id>.json (the CNI
+// Begin writes a record <StateDir>/attachments/<ns>/<id>.json (the CNI
 // config list it will use, the ports, the interface) before it creates
 // anything, and Detach removes it only after CNI DEL, unpinning and
 // removing the files succeeded. So whatever berthd or a shim died in the
 // middle of, the records name every namespace, allocation, veth and
 // iptables rule that may exist, and Recover releases those of containers
-// that are gone, and of attaches that never finished, with the exact
+// that are gone, and of attaches that never finished (no init joined
+// them: the runtime creates the init only after Wait), with the exact
 // configuration ADD used. Recover also sweeps
 // pinned namespaces, files and host-local allocations no record names.
 //

@@ -17,7 +17,9 @@ import (
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata/identifiers"
@@ -181,7 +183,10 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 			return nil, fmt.Errorf("network: create %s: %w", d, err)
 		}
 	}
-	m.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, m.cacheDir(), nil)
+	// An explicit exec: libcni makes its default one lazily, unguarded,
+	// which races when containers attach concurrently.
+	m.cni = libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, m.cacheDir(), &invoke.DefaultExec{
+		RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}})
 	if err := m.ensureDefault(); err != nil {
 		return nil, err
 	}
@@ -243,8 +248,27 @@ func cniID(k key) string {
 // /etc files, updating the hosts files of its peers on a user-defined
 // network. Call it before the shim creates the container's init, and pass
 // the result on as the package documentation says. On any error
-// everything it made is torn down before it returns.
+// everything it made is torn down before it returns. It is Begin and
+// Wait in one.
 func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, error) {
+	p, err := m.Begin(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return p.Wait(ctx)
+}
+
+// Begin starts attaching a container and returns as soon as everything a
+// runtime spec names exists: the record, the port reservations, the pinned
+// namespace and the /etc files. CNI ADD, two plugin execs, goes on in the
+// background, so the runtime can mount the rootfs, write the spec and
+// start the shim meanwhile. Wait then joins ADD and completes the
+// attachment; call it before the runtime creates the container's init:
+// only then does the namespace have its interface and /etc/hosts the
+// container's address, and Recover releases unfinished attachments on the
+// grounds that no init joined them. On an error Begin has torn down
+// everything it made.
+func (m *Manager) Begin(ctx context.Context, req AttachRequest) (*Pending, error) {
 	if err := identifiers.Validate("namespace", req.Namespace); err != nil {
 		return nil, err
 	}
@@ -359,7 +383,7 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 	m.reservations[k] = res
 	m.mu.Unlock()
 
-	att, err := m.attach(ctx, k, r, resolv)
+	p, err := m.begin(ctx, k, r, resolv)
 	if err != nil {
 		// Teardown must run even if ctx was cancelled.
 		if terr := m.teardown(context.WithoutCancel(ctx), k); terr != nil {
@@ -367,49 +391,146 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 		}
 		return nil, err
 	}
-	return att, nil
+	return p, nil
 }
 
-func (m *Manager) attach(ctx context.Context, k key, r *record, resolv string) (*Attachment, error) {
+// errDetachedMeanwhile is Wait's error when the attachment was detached
+// while ADD ran; what is there now is not Wait's to tear down.
+var errDetachedMeanwhile = errors.New("attachment detached while it was being made")
+
+// Pending is an attachment whose CNI ADD may still be running (Begin).
+// The goroutine running ADD belongs to it and ends when ADD returns;
+// Wait or Cancel joins it, and one of them must be called.
+type Pending struct {
+	// Attachment has what a runtime spec needs (NetnsPath, the files,
+	// Hostname); Networks stays empty until Wait.
+	Attachment *Attachment
+
+	m    *Manager
+	k    key
+	r    *record
+	done chan struct{}
+	// Set by the ADD goroutine before done is closed.
+	addErr      error
+	attachments []attachmentJSON
+	ip          string
+
+	once sync.Once
+	att  *Attachment
+	err  error
+}
+
+// begin makes the namespace and the files and starts ADD. The record is
+// saved already; on error the caller tears down.
+func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string) (*Pending, error) {
 	if r.NetnsPath != "" {
 		if err := newPinnedNetns(r.NetnsPath); err != nil {
 			return nil, fmt.Errorf("container %s: %w", k.id, err)
 		}
 	}
-	if r.Network != "" {
-		list, err := libcni.NetworkConfFromBytes(r.ConfList)
-		if err != nil {
-			return nil, fmt.Errorf("network %q: %w", r.Network, err)
-		}
-		res, err := m.cni.AddNetworkList(ctx, list, m.runtimeConf(r))
-		if err != nil {
-			if strings.Contains(err.Error(), "failed to find plugin") {
-				return nil, fmt.Errorf("container %s: join network %q: %w (install containernetworking-plugins or set [network] bin_dirs): %w",
-					k.id, r.Network, err, errdefs.ErrFailedPrecondition)
-			}
-			return nil, fmt.Errorf("container %s: join network %q: %w", k.id, r.Network, err)
-		}
-		cur, err := types100.NewResultFromResult(res)
-		if err != nil {
-			return nil, fmt.Errorf("container %s: network %q result: %w", k.id, r.Network, err)
-		}
-		r.Attachments, r.IP = convertResult(r.Network, r.IfName, cur)
-		if r.IP == "" {
-			return nil, fmt.Errorf("container %s: network %q gave no IPv4 address: %w", k.id, r.Network, errdefs.ErrFailedPrecondition)
-		}
-	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	err := m.writeFiles(k, r, resolv)
+	m.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	p := &Pending{Attachment: m.attachmentOf(r), m: m, k: k, r: r, done: make(chan struct{})}
+	if r.Network == "" {
+		close(p.done) // none and host: nothing to add
+		return p, nil
+	}
+	list, err := libcni.NetworkConfFromBytes(r.ConfList)
+	if err != nil {
+		return nil, fmt.Errorf("network %q: %w", r.Network, err)
+	}
+	rt := m.runtimeConf(r)
+	go func() {
+		defer close(p.done)
+		p.attachments, p.ip, p.addErr = m.add(ctx, k, r.Network, r.IfName, list, rt)
+	}()
+	return p, nil
+}
+
+// writeFiles writes a container's hostname, resolv.conf and a first
+// /etc/hosts (without its own address, which ADD has yet to give).
+// Caller holds mu.
+func (m *Manager) writeFiles(k key, r *record, resolv string) error {
 	dir := m.containerFiles(k)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "hostname"), []byte(r.Hostname+"\n"), 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolv), 0o644); err != nil {
-		return nil, err
+		return err
 	}
+	return m.writeHosts(r)
+}
+
+// add runs CNI ADD. It touches no Manager state: Wait applies the result
+// under mu.
+func (m *Manager) add(ctx context.Context, k key, network, ifName string, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) ([]attachmentJSON, string, error) {
+	res, err := m.cni.AddNetworkList(ctx, list, rt)
+	if err != nil {
+		if strings.Contains(err.Error(), "failed to find plugin") {
+			return nil, "", fmt.Errorf("container %s: join network %q: %w (install containernetworking-plugins or set [network] bin_dirs): %w",
+				k.id, network, err, errdefs.ErrFailedPrecondition)
+		}
+		return nil, "", fmt.Errorf("container %s: join network %q: %w", k.id, network, err)
+	}
+	cur, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, "", fmt.Errorf("container %s: network %q result: %w", k.id, network, err)
+	}
+	atts, ip := convertResult(network, ifName, cur)
+	if ip == "" {
+		return nil, "", fmt.Errorf("container %s: network %q gave no IPv4 address: %w", k.id, network, errdefs.ErrFailedPrecondition)
+	}
+	return atts, ip, nil
+}
+
+// Wait joins CNI ADD and completes the attachment: the container's own
+// address in its /etc/hosts, its peers told, the record marked done. It
+// returns the whole Attachment (Networks, Ports). If ADD or the rest
+// failed, everything Begin made is torn down before Wait returns the
+// error. Calling it again returns the same.
+func (p *Pending) Wait(ctx context.Context) (*Attachment, error) {
+	<-p.done
+	p.once.Do(func() {
+		p.att, p.err = p.finish()
+		if p.err != nil && !errors.Is(p.err, errDetachedMeanwhile) {
+			if terr := p.m.teardown(context.WithoutCancel(ctx), p.k); terr != nil {
+				p.m.log.Error("cleanup after a failed attach", "namespace", p.k.ns, "container", p.k.id, "error", terr)
+			}
+		}
+	})
+	return p.att, p.err
+}
+
+// Cancel gives up the attachment, for a container whose task was not
+// created after all: it waits for an ADD in flight (CNI forbids a DEL
+// alongside it; killing a plugin could leave a half-written allocation)
+// and then tears everything down, as Detach.
+func (p *Pending) Cancel(ctx context.Context) error {
+	<-p.done
+	p.once.Do(func() { p.err = fmt.Errorf("container %s: attachment cancelled: %w", p.k.id, errdefs.ErrAborted) })
+	return p.m.teardown(context.WithoutCancel(ctx), p.k)
+}
+
+func (p *Pending) finish() (*Attachment, error) {
+	if p.addErr != nil {
+		return nil, p.addErr
+	}
+	m, r := p.m, p.r
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.records[p.k] != r {
+		// Detached while ADD ran: the caller broke the per-container
+		// serialisation.
+		return nil, fmt.Errorf("container %s: %w: %w", p.k.id, errDetachedMeanwhile, errdefs.ErrAborted)
+	}
+	r.Attachments, r.IP = p.attachments, p.ip
 	r.Done = true
 	if err := m.writeHosts(r); err != nil {
 		return nil, err
@@ -417,7 +538,7 @@ func (m *Manager) attach(ctx context.Context, k key, r *record, resolv string) (
 	if err := m.saveRecord(r); err != nil {
 		return nil, err
 	}
-	m.updatePeers(r.Network, k)
+	m.updatePeers(r.Network, p.k)
 	return m.attachmentOf(r), nil
 }
 
@@ -574,15 +695,17 @@ func (m *Manager) delCNI(ctx context.Context, r *record) error {
 }
 
 // Recover tears down every attachment whose container live reports gone,
-// and every attach that never finished, then sweeps what no record accounts for: pinned namespaces, generated
-// files and host-local IP allocations. Call it once after New, before
-// serving, with live answering from the runtime's view of its tasks.
+// and every attach that never finished, then sweeps what no record
+// accounts for: pinned namespaces, generated files and host-local IP
+// allocations. Call it once after New, before serving, with live
+// answering from the runtime's view of its tasks.
 func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) error {
 	m.mu.Lock()
 	var dead []key
 	for k, r := range m.records {
-		// An attach that never finished was never handed to a runtime, so
-		// no container uses it, live or not.
+		// An attach that never finished was never joined by an init (the
+		// runtime creates the init only after Wait succeeded), so no
+		// container uses it, live or not.
 		if !r.Done || !live(k.ns, k.id) {
 			dead = append(dead, k)
 		}

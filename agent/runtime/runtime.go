@@ -165,6 +165,10 @@ type CreateOpts struct {
 	Log *shimv1.LogOptions
 	// CgroupParent is where the container's cgroup goes.
 	CgroupParent string
+	// BeforeInit, if set, runs once the shim is up and before it creates
+	// the init, so work the init needs (the network's CNI ADD) can go on
+	// while the shim starts. An error aborts Create, leaving nothing.
+	BeforeInit func() error
 }
 
 // Create makes the bundle, mounts the rootfs, starts the shim and creates
@@ -267,6 +271,11 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	defer func() {
 		m.cfg.Log.Debug("task created", "container", o.ID, "warm", warm, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
 	}()
+	if o.BeforeInit != nil {
+		if err := o.BeforeInit(); err != nil {
+			return nil, err
+		}
+	}
 	cr, err := t.Shim.Create(ctx, &shimv1.CreateRequest{Id: o.ID, Bundle: dir, Terminal: o.Terminal, Stdin: o.Stdin,
 		Log: o.Log, CgroupParent: o.CgroupParent})
 	if err != nil {

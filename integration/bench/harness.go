@@ -117,6 +117,7 @@ func (h *harness) run(only map[string]bool) ([]Result, error) {
 	}
 	all := []workload{
 		{"start", h.startLatency},
+		{"network", h.networkCost},
 		{"throughput", h.throughput},
 		{"density", h.density},
 		{"exec", h.execLatency},
@@ -159,6 +160,55 @@ func (h *harness) startLatency() ([]Result, error) {
 	}
 	b, c := h.pair(samples)
 	return []Result{newResult("start latency", "run --rm busybox /bin/true", "ms", true, "berth ≥ 6× faster (ratio ≤ 0.167)", b, c)}, nil
+}
+
+// networkCost: what bridge networking adds to a container's start, Berth
+// only (ctr has no bridge by default): `run --rm busybox /bin/true` on the
+// default bridge and with --network none, alternating. Each sample is
+// timed twice: until run returns (the start a user waits for) and until
+// berthd has also removed the container (--rm removes it after the exit,
+// in the background, where CNI DEL runs). The next sample starts only once
+// the removal is done, so one sample's teardown never lands in another's
+// time.
+func (h *harness) networkCost() ([]Result, error) {
+	var b *berth
+	for _, s := range h.systems {
+		if x, ok := s.(*berth); ok {
+			b = x
+		}
+	}
+	if b == nil {
+		h.log.Info("network workload skipped: it measures berth only")
+		return nil, nil
+	}
+	// Earlier workloads' --rm removals may still be running.
+	if err := b.waitRemoved(time.Minute); err != nil {
+		return nil, err
+	}
+	modes := []string{"bridge", "none"}
+	start := map[string][]float64{}
+	cycle := map[string][]float64{}
+	for i := 0; i < h.n(30, 5); i++ {
+		for _, mode := range modes {
+			t0 := time.Now()
+			if err := b.runNetwork(fmt.Sprintf("net-%s-%d", mode, i), mode, h.busybox, "/bin/true"); err != nil {
+				return nil, fmt.Errorf("berth --network %s: %w", mode, err)
+			}
+			start[mode] = append(start[mode], ms(time.Since(t0)))
+			if err := b.waitRemoved(time.Minute); err != nil {
+				return nil, fmt.Errorf("berth --network %s: %w", mode, err)
+			}
+			cycle[mode] = append(cycle[mode], ms(time.Since(t0)))
+		}
+	}
+	br, none := summarize(start["bridge"]), summarize(start["none"])
+	cbr, cnone := summarize(cycle["bridge"]), summarize(cycle["none"])
+	return []Result{
+		berthOnly("bridge networking", "run --rm busybox /bin/true, default bridge", "ms", "", start["bridge"]),
+		berthOnly("bridge networking", "run --rm busybox /bin/true, --network none", "ms", "", start["none"]),
+		difference("bridge networking", "bridge − none, per start (medians)", "ms", "≤ 50 ms", br, none),
+		difference("bridge networking", "bridge − none, per run --rm until removed (medians)", "ms", "", cbr, cnone),
+	}, nil
 }
 
 // throughput: 100 × run --rm with 8 concurrent clients, twice each.

@@ -69,6 +69,19 @@ func newResult(workload, metric, unit string, lower bool, target string, berth, 
 	return r
 }
 
+// berthOnly is a figure containerd has no counterpart for: its
+// containerd column and ratio stay empty.
+func berthOnly(workload, metric, unit, target string, samples []float64) Result {
+	return Result{Workload: workload, Metric: metric, Unit: unit, LowerIsBetter: true, Target: target, Berth: summarize(samples)}
+}
+
+// difference is a Berth-only figure: a's median minus b's, over n pairs
+// of alternating samples. It has no p90 of its own.
+func difference(workload, metric, unit, target string, a, b Stats) Result {
+	return Result{Workload: workload, Metric: metric, Unit: unit, LowerIsBetter: true, Target: target,
+		Berth: Stats{N: min(a.N, b.N), Median: a.Median - b.Median}}
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func printTable(w io.Writer, r Report) {
@@ -83,9 +96,9 @@ func printTable(w io.Writer, r Report) {
 		if x.Ratio == 0 {
 			better = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%s\t%s\t\n", x.Workload, x.Metric,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Workload, x.Metric,
 			num(x.Berth.Median, x.Unit), num(x.Berth.P90, x.Unit), num(x.Containerd.Median, x.Unit), num(x.Containerd.P90, x.Unit),
-			x.Ratio, better, x.Target)
+			ratio(x.Ratio, "%.3f"), better, x.Target)
 	}
 	tw.Flush()
 }
@@ -126,8 +139,27 @@ func printMarkdown(w io.Writer, r Report) {
 	fmt.Fprintln(w, "| workload | metric | Berth median (p90) | containerd median (p90) | Berth/containerd | target |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, x := range r.Results {
-		fmt.Fprintf(w, "| %s | %s | %s (%s) | %s (%s) | %.2f | %s |\n", x.Workload, x.Metric,
-			num(x.Berth.Median, x.Unit), num(x.Berth.P90, x.Unit), num(x.Containerd.Median, x.Unit), num(x.Containerd.P90, x.Unit),
-			x.Ratio, x.Target)
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", x.Workload, x.Metric,
+			withP90(x.Berth, x.Unit), withP90(x.Containerd, x.Unit), ratio(x.Ratio, "%.2f"), x.Target)
 	}
+}
+
+// withP90 is "median (p90)", or the median alone for a derived figure
+// (a difference), or "-" for a system without samples.
+func withP90(s Stats, unit string) string {
+	if s.N == 0 {
+		return "-"
+	}
+	if s.P90 == 0 {
+		return num(s.Median, unit)
+	}
+	return fmt.Sprintf("%s (%s)", num(s.Median, unit), num(s.P90, unit))
+}
+
+// ratio is "-" where containerd has no counterpart.
+func ratio(v float64, format string) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
 }

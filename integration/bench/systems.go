@@ -152,6 +152,31 @@ func (b *berth) run(id string, rm, detach bool, ref string, args ...string) erro
 	return err
 }
 
+// runNetwork is `run --rm --network mode`, attached, as start latency's run.
+func (b *berth) runNetwork(id, mode, ref string, args ...string) error {
+	_, err := b.ctl(time.Minute, append([]string{"run", "--rm", "--name", id, "--network", mode, ref}, args...)...)
+	return err
+}
+
+// waitRemoved waits until berthd has no container left: --rm removes a
+// container in the background after run returned, and its log directory,
+// <root>/containers/<ns>/<id>, is the last thing removed. Reading the
+// directory costs no exec, so the wait does not load the machine.
+func (b *berth) waitRemoved(timeout time.Duration) error {
+	dir := filepath.Join(b.dir, "root", "containers", "default")
+	deadline := time.Now().Add(timeout)
+	for {
+		entries, err := os.ReadDir(dir)
+		if (err == nil && len(entries) == 0) || os.IsNotExist(err) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containers not removed within %s (%d left, %v)", timeout, len(entries), err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 func (b *berth) exec(id, _ string, args ...string) error {
 	_, err := b.ctl(time.Minute, append([]string{"exec", id}, args...)...)
 	return err
