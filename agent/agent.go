@@ -77,6 +77,8 @@ type Agent struct {
 	statusMu sync.Mutex
 	// taskLocks serialise task creation and deletion per container.
 	taskLocks taskLocks
+	// removals are the container removals in progress.
+	removals removals
 	// bg tracks background work (--rm removals) that Shutdown waits for.
 	bg sync.WaitGroup
 	// debug serves pprof when BERTH_DEBUG_SOCKET is set.

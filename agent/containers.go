@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -268,6 +270,9 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 		return err
 	}
 	ns := namespaces.FromContext(ctx)
+	// Marked before the record goes, cleared when all is gone: see
+	// waitRemoved.
+	defer a.removals.begin(ns, id)()
 	if t, err := a.runtime.Get(ns, id); err == nil {
 		st, serr := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
 		live := serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED
@@ -304,4 +309,69 @@ func fieldErr(field string, err error) error {
 		return fmt.Errorf("%s: %w", field, err)
 	}
 	return err
+}
+
+// removals tracks the container removals in progress, for waitRemoved.
+type removals struct {
+	mu  sync.Mutex
+	now map[string]chan struct{} // ns/id → closed when the removal ends
+}
+
+// begin marks a removal of (ns, id) in progress; the returned func ends it.
+func (r *removals) begin(ns, id string) func() {
+	k := ns + "/" + id
+	ch := make(chan struct{})
+	r.mu.Lock()
+	if r.now == nil {
+		r.now = map[string]chan struct{}{}
+	}
+	r.now[k] = ch
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		if r.now[k] == ch {
+			delete(r.now, k)
+		}
+		r.mu.Unlock()
+		close(ch)
+	}
+}
+
+func (r *removals) inProgress(ns, id string) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.now[ns+"/"+id]
+}
+
+// waitRemoved waits, up to timeout or ctx's end, until container id is
+// removed for good: its record gone and no removal of it in progress (a
+// removal marks itself before it deletes the record, which goes first).
+func (a *Agent) waitRemoved(ctx context.Context, id string, timeout time.Duration) {
+	ns := namespaces.FromContext(ctx)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		_, err := a.db.Containers().Get(ctx, id)
+		if errdefs.IsNotFound(err) {
+			ch := a.removals.inProgress(ns, id)
+			if ch == nil {
+				return
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			case <-deadline.C:
+				return
+			}
+			continue
+		}
+		select {
+		case <-time.After(2 * time.Millisecond):
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		}
+	}
 }

@@ -584,6 +584,11 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		case *shimv1.AttachResponse_Exit:
 			resp = &berthv1.AttachResponse{Output: &berthv1.AttachResponse_Exit{Exit: &berthv1.WaitTaskResponse{
 				ExitStatus: v.Exit.GetExitStatus(), ExitedAt: v.Exit.GetExitedAt(), OomKilled: v.Exit.GetOomKilled()}}}
+			if open.GetExecId() == "" && c.GetSpec().GetAutoRemove() {
+				// As docker run --rm: the client hears of the exit once
+				// the container is gone, so its name is free again.
+				s.a.waitRemoved(ctx, c.Id, 30*time.Second)
+			}
 		default:
 			continue
 		}

@@ -164,3 +164,24 @@ func TestCLIBadInputLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// run --rm returns once the container is gone, as docker run --rm does:
+// its name is free at once, and nothing of it is left to list or to clean.
+func TestCLIRunRmReturnsAfterRemoval(t *testing.T) {
+	r := startRuntime(t)
+	for i := 0; i < 3; i++ {
+		res := r.d.ctl("run", "--rm", "--name", "again", "busybox", "sh", "-c", "echo round; exit 3")
+		if res.Code != 3 || res.Stdout != "round\n" {
+			t.Fatalf("run --rm round %d: exit %d, stdout %q, stderr %q", i, res.Code, res.Stdout, res.Stderr)
+		}
+		if ps := strings.TrimSpace(r.d.mustCtl("ps", "-aq")); ps != "" {
+			t.Fatalf("round %d: ps -a lists %q right after run --rm returned", i, ps)
+		}
+		if logs, _ := os.ReadDir(filepath.Join(r.d.root, "containers", "default")); len(logs) != 0 {
+			t.Fatalf("round %d: log dirs left after run --rm returned: %v", i, logs)
+		}
+		if m := mountsUnder(r.d.state); len(m) != 0 {
+			t.Fatalf("round %d: mounts left after run --rm returned: %v", i, m)
+		}
+	}
+}
