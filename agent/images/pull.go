@@ -407,15 +407,26 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 	}
 	sem := make(chan struct{}, s.opts.MaxConcurrentDownloads)
 	done := make([]chan error, n)
+	// Downloads start in layer order (turn[i] is closed once layer i-1
+	// holds its slot): the unpack waits for layer 0 first, so a later
+	// layer winning the race for a slot would only delay it.
+	turn := make([]chan struct{}, n+1)
+	for i := range turn {
+		turn[i] = make(chan struct{})
+	}
+	close(turn[0])
 	var wg sync.WaitGroup
 	for i := range layers {
 		done[i] = make(chan error, 1)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			<-turn[i] // always closed: by the previous goroutine, whatever its fate
 			select {
 			case sem <- struct{}{}:
+				close(turn[i+1])
 			case <-ctx.Done():
+				close(turn[i+1])
 				done[i] <- ctx.Err()
 				return
 			}
