@@ -75,6 +75,9 @@ func newCore(root string, d driver, opts []Option) (*core, error) {
 	if err := os.MkdirAll(c.snaps, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
+	if err := markTopDir(c.snaps); err != nil {
+		o.log.Debug("snapshots directory not marked as a top directory (chattr +T)", "dir", c.snaps, "error", err)
+	}
 	// The timeout turns a second agent on the same root into an error
 	// instead of a hang on bbolt's file lock.
 	db, err := bolt.Open(filepath.Join(root, "metadata.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
