@@ -52,10 +52,11 @@ func setDirect(fd int, on bool) error {
 	return err
 }
 
-// writeAll writes p to fd at its current offset, retrying short writes.
-func writeAll(fd int, p []byte) error {
+// writeAll writes p to fd at off, retrying short writes. Explicit offsets
+// keep a direct write that failed halfway from shifting what follows.
+func writeAll(fd int, p []byte, off int64) error {
 	for len(p) > 0 {
-		m, err := unix.Write(fd, p)
+		m, err := unix.Pwrite(fd, p, off)
 		if err == unix.EINTR {
 			continue
 		}
@@ -63,6 +64,7 @@ func writeAll(fd int, p []byte) error {
 			return err
 		}
 		p = p[m:]
+		off += int64(m)
 	}
 	return nil
 }
@@ -83,8 +85,7 @@ func fill(r io.Reader, buf []byte) (n int, eof bool, err error) {
 	return n, false, nil
 }
 
-// copyContent writes the entry's content from tr to fd, which is open at
-// offset 0 of an empty file. Files of directMin bytes or more go direct
+// copyContent writes the entry's content from tr to fd, an empty file. Files of directMin bytes or more go direct
 // when the filesystem allows it; if it refuses (EINVAL: tmpfs on old
 // kernels, some FUSE and network filesystems) the copy goes on buffered.
 func (a *applier) copyContent(fd int, hdr *tar.Header, tr *tar.Reader) (int64, error) {
@@ -97,7 +98,7 @@ func (a *applier) copyContent(fd int, hdr *tar.Header, tr *tar.Reader) (int64, e
 			// Only whole blocks go direct; the tail of the file, at the
 			// end of its content, is written through the page cache.
 			whole := n &^ (directAlign - 1)
-			if err := writeAll(fd, chunk[:whole]); err == unix.EINVAL && written == 0 {
+			if err := writeAll(fd, chunk[:whole], written); err == unix.EINVAL && written == 0 {
 				a.noDirect = true // refused: do not try again in this Apply
 				whole = 0
 			} else if err != nil {
@@ -112,7 +113,7 @@ func (a *applier) copyContent(fd int, hdr *tar.Header, tr *tar.Reader) (int64, e
 				direct = false
 			}
 		}
-		if err := writeAll(fd, chunk); err != nil {
+		if err := writeAll(fd, chunk, written); err != nil {
 			return written, fmt.Errorf("write: %w", err)
 		}
 		written += int64(len(chunk))
