@@ -383,8 +383,9 @@ func progressOf(d ocispec.Descriptor, st berthv1.ProgressStatus, current, total 
 }
 
 // fetchAndUnpack downloads the layers in parallel (bounded) and unpacks
-// them in order on this goroutine, each as soon as it has arrived. It
-// reports whether anything was downloaded or unpacked.
+// them in order on this goroutine, each as soon as it has arrived, then
+// flushes them all at once. It reports whether anything was downloaded or
+// unpacked.
 func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, layers []ocispec.Descriptor, diffIDs []digest.Digest, progress func(*berthv1.Progress)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -496,6 +497,11 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		if err := <-done[i]; err != nil && firstErr == nil {
 			firstErr = err
 		}
+	}
+	if firstErr == nil {
+		// Layers another pull committed unflushed count too: Sync
+		// flushes whenever any snapshot is still unsynced.
+		firstErr = s.syncSnapshots(ctx)
 	}
 	return changed.Load(), firstErr
 }

@@ -27,7 +27,9 @@ func sortStrings(s []string) { sort.Strings(s) }
 
 // unpack makes the committed snapshot chainID exist: it prepares a
 // temporary Active snapshot on parent, applies the layer blob into it with
-// the expected diff ID, and commits it under the chain ID. It reports
+// the expected diff ID, and commits it under the chain ID, without a flush
+// when the snapshotter can defer it: the caller runs syncSnapshots before
+// it relies on the snapshot. It reports
 // whether it unpacked (false when the snapshot appeared meanwhile).
 func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor, diffID digest.Digest, chainID, parent string) (bool, error) {
 	s.addSnapshot(l, chainID)
@@ -77,7 +79,13 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 		}
 		return false, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	if err := s.opts.Snapshots.Commit(ctx, chainID, key); err != nil {
+	commit := s.opts.Snapshots.Commit
+	if ds, ok := s.opts.Snapshots.(snapshotter.DeferredSyncer); ok {
+		// One flush for the whole pull, in syncSnapshots, instead of one
+		// per layer.
+		commit = ds.CommitUnsynced
+	}
+	if err := commit(ctx, chainID, key); err != nil {
 		s.opts.Snapshots.Remove(context.WithoutCancel(ctx), key)
 		if errdefs.IsAlreadyExists(err) {
 			// Another berthd client (or process) committed the same
@@ -87,6 +95,20 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 		return false, fmt.Errorf("layer %s: commit snapshot %s: %w", desc.Digest, chainID, err)
 	}
 	return true, nil
+}
+
+// syncSnapshots makes the snapshots unpacked so far durable (see
+// snapshotter.DeferredSyncer). Callers run it before they write an image
+// record, which must never name a layer that a power loss could lose.
+func (s *Service) syncSnapshots(ctx context.Context) error {
+	ds, ok := s.opts.Snapshots.(snapshotter.DeferredSyncer)
+	if !ok {
+		return nil
+	}
+	if err := ds.Sync(ctx); err != nil {
+		return fmt.Errorf("flush unpacked layers: %w", err)
+	}
+	return nil
 }
 
 // apply prepares key on parent and extracts the layer into it. Overlay
