@@ -120,12 +120,11 @@ func (s *Service) apply(ctx context.Context, key, parent string, desc ocispec.De
 	if err != nil {
 		return fmt.Errorf("prepare snapshot on %q: %w", parent, err)
 	}
-	ra, err := s.opts.Content.ReaderAt(ctx, desc)
+	r, err := s.openLayer(ctx, desc)
 	if err != nil {
 		return err
 	}
-	defer ra.Close()
-	r := io.NewSectionReader(ra, 0, ra.Size())
+	defer r.Close()
 	opts := []layer.Option{layer.WithExpectedDiffID(diffID), layer.WithMediaType(desc.MediaType), layer.WithLogger(s.log)}
 	_, overlay := s.opts.Snapshots.(*snapshotter.Overlay)
 	if viaMount {
@@ -154,6 +153,12 @@ func (s *Service) apply(ctx context.Context, key, parent string, desc ocispec.De
 	}
 	_, err = layer.Apply(ctx, dir, r, opts...)
 	return err
+}
+
+// openLayer opens a layer blob for one read from start to end, past the
+// page cache (see content.StreamProvider).
+func (s *Service) openLayer(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	return s.opts.Content.Stream(ctx, desc)
 }
 
 // lowerDirs reads the lower directories, topmost first, from an overlay
