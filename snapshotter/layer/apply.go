@@ -243,6 +243,8 @@ type applier struct {
 	written map[string]struct{}
 	// noDirect is set once the filesystem has refused O_DIRECT.
 	noDirect bool
+	// dbufs are pipeDirect's aligned buffers, allocated on first use.
+	dbufs [][]byte
 }
 
 func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
