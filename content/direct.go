@@ -103,16 +103,17 @@ func (s *LocalStore) Stream(ctx context.Context, desc Descriptor) (io.ReadCloser
 	if err != nil {
 		return nil, blobErr(desc.Digest, &os.PathError{Op: "open", Path: p, Err: err})
 	}
-	return &directReader{fd: fd, chunk: alignedBuf(directChunk)[:directChunk]}, nil
+	return &directReader{fd: fd, chunk: alignedBuf(directChunk)[:directChunk], direct: true}, nil
 }
 
 // directReader reads a file from start to end in aligned chunks.
 type directReader struct {
-	fd    int
-	chunk []byte // aligned, directChunk long
-	buf   []byte // unread bytes of the last chunk read
-	off   int64  // file offset of the next chunk
-	eof   bool
+	fd     int
+	chunk  []byte // aligned, directChunk long
+	buf    []byte // unread bytes of the last chunk read
+	off    int64  // file offset of the next chunk
+	eof    bool
+	direct bool // O_DIRECT still set on fd
 }
 
 func (r *directReader) Read(p []byte) (int, error) {
@@ -122,6 +123,15 @@ func (r *directReader) Read(p []byte) (int, error) {
 		}
 		n, err := unix.Pread(r.fd, r.chunk, r.off)
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EINVAL && r.direct {
+			// The open took O_DIRECT but the read does not (a device
+			// with larger blocks): read buffered instead.
+			r.direct = false
+			if _, err := unix.FcntlInt(uintptr(r.fd), unix.F_SETFL, 0); err != nil {
+				return 0, fmt.Errorf("read blob: clear O_DIRECT: %w", err)
+			}
 			continue
 		}
 		if err != nil {
