@@ -459,6 +459,23 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 			done[i] <- err
 		}(i)
 	}
+	// The flush of the layers unpacked so far runs behind the unpack of
+	// the next ones, so that the one before the image record finds little
+	// left to write. The flusher is owned here: closing kick ends it, and
+	// it is waited for before returning.
+	kick := make(chan struct{}, 1)
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for range kick {
+			if err := s.syncSnapshots(ctx); err != nil {
+				s.log.Debug("background flush of unpacked layers", "error", err)
+			}
+		}
+	}()
+	stopFlusher := sync.OnceFunc(func() { close(kick); <-flushed })
+	defer stopFlusher()
+
 	var firstErr error
 	received := make([]bool, n)
 	parent := ""
@@ -482,6 +499,10 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		}
 		if did {
 			changed.Store(true)
+			select {
+			case kick <- struct{}{}:
+			default: // a flush is pending already; it will cover this layer
+			}
 		}
 		progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_PULL_COMPLETE, layers[i].Size, layers[i].Size))
 		parent = chain[i]
@@ -498,6 +519,7 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 			firstErr = err
 		}
 	}
+	stopFlusher()
 	if firstErr == nil {
 		// Layers another pull committed unflushed count too: Sync
 		// flushes whenever any snapshot is still unsynced.
