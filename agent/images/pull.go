@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -382,6 +383,11 @@ func progressOf(d ocispec.Descriptor, st berthv1.ProgressStatus, current, total 
 	return &berthv1.Progress{Id: ShortID(d.Digest.String()), Digest: d.Digest.String(), Status: st, Current: current, Total: total}
 }
 
+// firstLayerHeadStart bounds how long the other downloads wait for the
+// first layer to unpack: on a fast link it arrives well within it, alone,
+// and a link that needs parallel connections loses little.
+const firstLayerHeadStart = 250 * time.Millisecond
+
 // fetchAndUnpack downloads the layers in parallel (bounded) and unpacks
 // them in order on this goroutine, each as soon as it has arrived, then
 // flushes them all at once. It reports whether anything was downloaded or
@@ -416,18 +422,34 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		turn[i] = make(chan struct{})
 	}
 	close(turn[0])
+	// The first layer to unpack gets a head start: the next downloads wait
+	// until it is complete, or for firstLayerHeadStart at most, so that
+	// they do not share the link and the CPU with it while the unpack
+	// waits for nothing else.
+	first := -1
+	for i := range layers {
+		if !exists[i] {
+			first = i
+			break
+		}
+	}
 	var wg sync.WaitGroup
 	for i := range layers {
 		done[i] = make(chan error, 1)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			<-turn[i] // always closed: by the previous goroutine, whatever its fate
+			next := sync.OnceFunc(func() { close(turn[i+1]) })
+			defer next() // whatever happens, the chain goes on
+			<-turn[i]    // always closed: by the previous goroutine, whatever its fate
 			select {
 			case sem <- struct{}{}:
-				close(turn[i+1])
+				if i != first {
+					next()
+				} else {
+					defer time.AfterFunc(firstLayerHeadStart, next).Stop()
+				}
 			case <-ctx.Done():
-				close(turn[i+1])
 				done[i] <- ctx.Err()
 				return
 			}
