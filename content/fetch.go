@@ -34,10 +34,6 @@ type ProgressFunc func(current, total int64)
 // event per 256 KiB chunk would cost more than the copy.
 const progressInterval = 100 * time.Millisecond
 
-// fetchChunk is the copy buffer size: large enough that per-chunk costs
-// (syscalls, hash calls) vanish, small enough to keep progress smooth.
-const fetchChunk = 256 << 10
-
 // flight is one download of one blob that any number of Fetch calls in
 // this process wait for. Its goroutine is owned by the LocalStore (wg)
 // and ends when the download ends; the download's context is cancelled
@@ -249,14 +245,30 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 		}
 		current.Store(0)
 	}
-	buf := make([]byte, fetchChunk)
+	// What arrives is written at once (a stalled connection keeps what it
+	// delivered, and progress moves), but in whole aligned blocks, so that
+	// the Writer can write it direct (see direct.go): a tail of less than a
+	// block waits for the next read, or for the end of the stream.
+	buf := alignedBuf(directChunk)[:directChunk]
+	pos := offset // the offset in the blob of buf[0]
+	if start != offset {
+		pos = 0
+	}
+	have := 0
 	for {
-		n, rerr := rc.Read(buf)
-		if n > 0 {
-			if _, err := w.Write(buf[:n]); err != nil {
+		n, rerr := rc.Read(buf[have:])
+		have += n
+		k := have
+		if rerr == nil {
+			k = int((pos+int64(have))&^(directAlign-1) - pos)
+		}
+		if k > 0 {
+			if _, err := w.Write(buf[:k]); err != nil {
 				return fmt.Errorf("blob %s: %w", desc.Digest, err)
 			}
-			current.Add(int64(n))
+			current.Add(int64(k))
+			pos += int64(k)
+			have = copy(buf, buf[k:have])
 		}
 		if rerr == io.EOF {
 			return nil

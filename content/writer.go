@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
 )
@@ -143,13 +144,15 @@ func (s *LocalStore) openIngest(dir, ref string, desc Descriptor, lk *ingestLock
 	if err != nil {
 		return nil, err
 	}
-	w := &localWriter{s: s, dir: dir, meta: m, lk: lk, f: f, h: sha256.New()}
+	w := &localWriter{s: s, dir: dir, meta: m, lk: lk, f: f, dfd: openDirect(f.Name()), h: sha256.New()}
 	if !resume {
 		if err := f.Truncate(0); err != nil {
+			w.closeDirect()
 			f.Close()
 			return nil, err
 		}
 		if err := writeMeta(dir, m); err != nil {
+			w.closeDirect()
 			f.Close()
 			return nil, err
 		}
@@ -159,6 +162,7 @@ func (s *LocalStore) openIngest(dir, ref string, desc Descriptor, lk *ingestLock
 	// the disk is the only thing that survived a kill.
 	n, err := io.Copy(w.h, f)
 	if err != nil {
+		w.closeDirect()
 		f.Close()
 		return nil, fmt.Errorf("rehash partial data: %w", err)
 	}
@@ -166,6 +170,7 @@ func (s *LocalStore) openIngest(dir, ref string, desc Descriptor, lk *ingestLock
 	if m.Size > 0 && n > m.Size {
 		// More data than the blob can have: corrupt, start over.
 		if err := w.truncate(0); err != nil {
+			w.closeDirect()
 			f.Close()
 			return nil, err
 		}
@@ -179,7 +184,8 @@ type localWriter struct {
 	dir    string
 	meta   ingestMeta
 	lk     *ingestLock
-	f      *os.File // data, positioned at offset
+	f      *os.File // data
+	dfd    int      // data opened O_DIRECT, or -1
 	h      hash.Hash
 	offset int64
 	done   bool // committed or closed: the ingest is no longer ours
@@ -195,10 +201,30 @@ func (w *localWriter) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("ingest %q: writing %d bytes at offset %d exceeds the expected size %d: %w",
 			w.meta.Ref, len(p), w.offset, w.meta.Size, errdefs.ErrFailedPrecondition)
 	}
-	n, err := w.f.Write(p)
+	if w.dfd >= 0 && directOK(p, w.offset) {
+		err := pwriteAll(w.dfd, p, w.offset)
+		if err == nil {
+			w.h.Write(p)
+			w.offset += int64(len(p))
+			return len(p), nil
+		}
+		if err != unix.EINVAL {
+			return 0, fmt.Errorf("ingest %q: write: %w", w.meta.Ref, err)
+		}
+		// Refused after all: write it again, buffered, from now on.
+		w.closeDirect()
+	}
+	n, err := w.f.WriteAt(p, w.offset)
 	w.h.Write(p[:n])
 	w.offset += int64(n)
 	return n, err
+}
+
+func (w *localWriter) closeDirect() {
+	if w.dfd >= 0 {
+		unix.Close(w.dfd)
+		w.dfd = -1
+	}
 }
 
 func (w *localWriter) Status() Status {
@@ -251,6 +277,7 @@ func (w *localWriter) Close() error {
 		return nil
 	}
 	w.done = true
+	w.closeDirect()
 	// Flush so that a resume after a power cut does not hash pages the
 	// kernel never wrote.
 	err := w.f.Sync()
@@ -271,6 +298,7 @@ func (w *localWriter) Commit(ctx context.Context) error {
 	w.done = true
 	defer w.lk.unlock()
 	defer w.f.Close()
+	w.closeDirect()
 
 	// Verification failures are final for this ingest: its bytes can never
 	// become the expected blob, so keeping them would only make the next

@@ -75,6 +75,9 @@ func newCore(root string, d driver, opts []Option) (*core, error) {
 	if err := os.MkdirAll(c.snaps, 0o700); err != nil {
 		return nil, fmt.Errorf("create snapshotter root: %w", err)
 	}
+	if err := markTopDir(c.snaps); err != nil {
+		o.log.Debug("snapshots directory not marked as a top directory (chattr +T)", "dir", c.snaps, "error", err)
+	}
 	// The timeout turns a second agent on the same root into an error
 	// instead of a hang on bbolt's file lock.
 	db, err := bolt.Open(filepath.Join(root, "metadata.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
@@ -86,6 +89,10 @@ func newCore(root string, d driver, opts []Option) (*core, error) {
 		return nil, fmt.Errorf("initialise snapshot metadata in %s: %w", root, err)
 	}
 	c.db = db
+	if err := c.recoverUnsynced(); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("snapshots committed without a flush in %s: %w", root, err)
+	}
 	return c, nil
 }
 
@@ -353,6 +360,15 @@ func (c *core) parentChain(tx *bolt.Tx, key, parent string) ([]uint64, error) {
 
 // Commit turns the Active snapshot key into the Committed snapshot name.
 func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error {
+	return c.commit(ctx, name, key, true, opts)
+}
+
+// CommitUnsynced is Commit without the flush; see DeferredSyncer.
+func (c *core) CommitUnsynced(ctx context.Context, name, key string, opts ...Opt) error {
+	return c.commit(ctx, name, key, false, opts)
+}
+
+func (c *core) commit(ctx context.Context, name, key string, sync bool, opts []Opt) error {
 	if err := c.check(); err != nil {
 		return err
 	}
@@ -388,9 +404,18 @@ func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error 
 	// snapshot must be complete even after a power loss: flush the
 	// filesystem before the metadata says so. syncfs flushes the whole
 	// filesystem, but right after an unpack the dirty data is mostly this
-	// snapshot's.
-	if err := syncFS(filepath.Join(c.dir(r.id), "fs")); err != nil {
-		return fmt.Errorf("commit snapshot %q: %w", key, err)
+	// snapshot's. The flush also makes durable every snapshot committed
+	// unsynced before it started; their marks go in the same transaction.
+	// Without the flush the snapshot is marked unsynced instead.
+	var flushed map[string][]byte
+	boot := bootID()
+	if sync {
+		if flushed, err = c.unsyncedMarks(); err != nil {
+			return fmt.Errorf("commit snapshot %q: %w", key, err)
+		}
+		if err := syncFS(filepath.Join(c.dir(r.id), "fs")); err != nil {
+			return fmt.Errorf("commit snapshot %q: %w", key, err)
+		}
 	}
 	err = c.db.Update(func(tx *bolt.Tx) error {
 		cur, err := getRecord(tx, key)
@@ -409,7 +434,13 @@ func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error 
 			return fmt.Errorf("commit snapshot %q: %w", key, err)
 		}
 		committed := record{Info: Info{Kind: KindCommitted, Name: name, Parent: cur.Parent, Labels: labels, Created: t, Updated: t}, id: cur.id, usage: usage}
-		return putRecord(tx, committed)
+		if err := putRecord(tx, committed); err != nil {
+			return err
+		}
+		if !sync {
+			return unsyncedBucket(tx).Put([]byte(name), unsyncedMark(boot, cur.id))
+		}
+		return clearUnsynced(tx, flushed)
 	})
 	if err != nil {
 		return err
@@ -437,6 +468,9 @@ func (c *core) Remove(ctx context.Context, key string) error {
 		}
 		if child := firstChild(tx, key); child != "" {
 			return fmt.Errorf("remove snapshot %q: snapshot %q is built on it; remove the children first: %w", key, child, errdefs.ErrFailedPrecondition)
+		}
+		if err := unsyncedBucket(tx).Delete([]byte(key)); err != nil {
+			return err
 		}
 		return deleteRecord(tx, r)
 	}); err != nil {

@@ -16,8 +16,11 @@ package snapshotter
 //	│       ├── size      int64     Committed only: Usage.Size measured at Commit
 //	│       ├── inodes    int64     Committed only: Usage.Inodes measured at Commit
 //	│       └── labels              bucket: label name → value
-//	└── children                    index so Remove can refuse a parent cheaply
-//	    └── <parent key> NUL <child key> → empty
+//	├── children                    index so Remove can refuse a parent cheaply
+//	│   └── <parent key> NUL <child key> → empty
+//	└── unsynced                    Committed snapshots whose files may not be
+//	    └── <key> → boot ID         on disk yet (CommitUnsynced), with the boot
+//	                                ID of the kernel that holds their pages
 //
 // Keys cannot contain NUL (ValidateKey), so a prefix scan for "<parent>\x00"
 // finds exactly the children of parent.
@@ -38,6 +41,7 @@ var (
 	bucketSnapshots = []byte("snapshots")
 	bucketChildren  = []byte("children")
 	bucketLabels    = []byte("labels")
+	bucketUnsynced  = []byte("unsynced")
 
 	keyID      = []byte("id")
 	keyKind    = []byte("kind")
@@ -64,8 +68,15 @@ func initBuckets(tx *bolt.Tx) error {
 	if _, err := v1.CreateBucketIfNotExists(bucketSnapshots); err != nil {
 		return err
 	}
-	_, err = v1.CreateBucketIfNotExists(bucketChildren)
+	if _, err := v1.CreateBucketIfNotExists(bucketChildren); err != nil {
+		return err
+	}
+	_, err = v1.CreateBucketIfNotExists(bucketUnsynced)
 	return err
+}
+
+func unsyncedBucket(tx *bolt.Tx) *bolt.Bucket {
+	return tx.Bucket(bucketV1).Bucket(bucketUnsynced)
 }
 
 func snapshotsBucket(tx *bolt.Tx) *bolt.Bucket {

@@ -140,6 +140,9 @@ func (s *Service) Commit(ctx context.Context, opts CommitOptions) (*berthv1.Imag
 	if _, err := s.unpack(ctx, l, layerDesc, diffID, chain[len(chain)-1], base.GetChainId()); err != nil {
 		return nil, fmt.Errorf("commit: unpack the new layer: %w", err)
 	}
+	if err := s.syncSnapshots(ctx); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
 
 	img := s.imageRecord(ctx, ref.Name, manDesc, manDesc, &m, &cfg)
 	saved, err := s.opts.DB.Images().Create(ctx, img)

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -382,9 +383,15 @@ func progressOf(d ocispec.Descriptor, st berthv1.ProgressStatus, current, total 
 	return &berthv1.Progress{Id: ShortID(d.Digest.String()), Digest: d.Digest.String(), Status: st, Current: current, Total: total}
 }
 
+// firstLayerHeadStart bounds how long the other downloads wait for the
+// first layer to unpack: on a fast link it arrives well within it, alone,
+// and a link that needs parallel connections loses little.
+const firstLayerHeadStart = 250 * time.Millisecond
+
 // fetchAndUnpack downloads the layers in parallel (bounded) and unpacks
-// them in order on this goroutine, each as soon as it has arrived. It
-// reports whether anything was downloaded or unpacked.
+// them in order on this goroutine, each as soon as it has arrived, then
+// flushes them all at once. It reports whether anything was downloaded or
+// unpacked.
 func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, layers []ocispec.Descriptor, diffIDs []digest.Digest, progress func(*berthv1.Progress)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -407,14 +414,41 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 	}
 	sem := make(chan struct{}, s.opts.MaxConcurrentDownloads)
 	done := make([]chan error, n)
+	// Downloads start in layer order (turn[i] is closed once layer i-1
+	// holds its slot): the unpack waits for layer 0 first, so a later
+	// layer winning the race for a slot would only delay it.
+	turn := make([]chan struct{}, n+1)
+	for i := range turn {
+		turn[i] = make(chan struct{})
+	}
+	close(turn[0])
+	// The first layer to unpack gets a head start: the next downloads wait
+	// until it is complete, or for firstLayerHeadStart at most, so that
+	// they do not share the link and the CPU with it while the unpack
+	// waits for nothing else.
+	first := -1
+	for i := range layers {
+		if !exists[i] {
+			first = i
+			break
+		}
+	}
 	var wg sync.WaitGroup
 	for i := range layers {
 		done[i] = make(chan error, 1)
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
+			next := sync.OnceFunc(func() { close(turn[i+1]) })
+			defer next() // whatever happens, the chain goes on
+			<-turn[i]    // always closed: by the previous goroutine, whatever its fate
 			select {
 			case sem <- struct{}{}:
+				if i != first {
+					next()
+				} else {
+					defer time.AfterFunc(firstLayerHeadStart, next).Stop()
+				}
 			case <-ctx.Done():
 				done[i] <- ctx.Err()
 				return
@@ -447,6 +481,23 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 			done[i] <- err
 		}(i)
 	}
+	// The flush of the layers unpacked so far runs behind the unpack of
+	// the next ones, so that the one before the image record finds little
+	// left to write. The flusher is owned here: closing kick ends it, and
+	// it is waited for before returning.
+	kick := make(chan struct{}, 1)
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		for range kick {
+			if err := s.syncSnapshots(ctx); err != nil {
+				s.log.Debug("background flush of unpacked layers", "error", err)
+			}
+		}
+	}()
+	stopFlusher := sync.OnceFunc(func() { close(kick); <-flushed })
+	defer stopFlusher()
+
 	var firstErr error
 	received := make([]bool, n)
 	parent := ""
@@ -470,6 +521,10 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		}
 		if did {
 			changed.Store(true)
+			select {
+			case kick <- struct{}{}:
+			default: // a flush is pending already; it will cover this layer
+			}
 		}
 		progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_PULL_COMPLETE, layers[i].Size, layers[i].Size))
 		parent = chain[i]
@@ -485,6 +540,12 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		if err := <-done[i]; err != nil && firstErr == nil {
 			firstErr = err
 		}
+	}
+	stopFlusher()
+	if firstErr == nil {
+		// Layers another pull committed unflushed count too: Sync
+		// flushes whenever any snapshot is still unsynced.
+		firstErr = s.syncSnapshots(ctx)
 	}
 	return changed.Load(), firstErr
 }

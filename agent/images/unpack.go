@@ -27,7 +27,9 @@ func sortStrings(s []string) { sort.Strings(s) }
 
 // unpack makes the committed snapshot chainID exist: it prepares a
 // temporary Active snapshot on parent, applies the layer blob into it with
-// the expected diff ID, and commits it under the chain ID. It reports
+// the expected diff ID, and commits it under the chain ID, without a flush
+// when the snapshotter can defer it: the caller runs syncSnapshots before
+// it relies on the snapshot. It reports
 // whether it unpacked (false when the snapshot appeared meanwhile).
 func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor, diffID digest.Digest, chainID, parent string) (bool, error) {
 	s.addSnapshot(l, chainID)
@@ -77,7 +79,13 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 		}
 		return false, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	if err := s.opts.Snapshots.Commit(ctx, chainID, key); err != nil {
+	commit := s.opts.Snapshots.Commit
+	if ds, ok := s.opts.Snapshots.(snapshotter.DeferredSyncer); ok {
+		// One flush for the whole pull, in syncSnapshots, instead of one
+		// per layer.
+		commit = ds.CommitUnsynced
+	}
+	if err := commit(ctx, chainID, key); err != nil {
 		s.opts.Snapshots.Remove(context.WithoutCancel(ctx), key)
 		if errdefs.IsAlreadyExists(err) {
 			// Another berthd client (or process) committed the same
@@ -89,6 +97,20 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 	return true, nil
 }
 
+// syncSnapshots makes the snapshots unpacked so far durable (see
+// snapshotter.DeferredSyncer). Callers run it before they write an image
+// record, which must never name a layer that a power loss could lose.
+func (s *Service) syncSnapshots(ctx context.Context) error {
+	ds, ok := s.opts.Snapshots.(snapshotter.DeferredSyncer)
+	if !ok {
+		return nil
+	}
+	if err := ds.Sync(ctx); err != nil {
+		return fmt.Errorf("flush unpacked layers: %w", err)
+	}
+	return nil
+}
+
 // apply prepares key on parent and extracts the layer into it. Overlay
 // snapshots get the layer written straight into their upper dir with
 // overlay whiteouts; native ones a full copy with whiteouts deleted;
@@ -98,12 +120,11 @@ func (s *Service) apply(ctx context.Context, key, parent string, desc ocispec.De
 	if err != nil {
 		return fmt.Errorf("prepare snapshot on %q: %w", parent, err)
 	}
-	ra, err := s.opts.Content.ReaderAt(ctx, desc)
+	r, err := s.openLayer(ctx, desc)
 	if err != nil {
 		return err
 	}
-	defer ra.Close()
-	r := io.NewSectionReader(ra, 0, ra.Size())
+	defer r.Close()
 	opts := []layer.Option{layer.WithExpectedDiffID(diffID), layer.WithMediaType(desc.MediaType), layer.WithLogger(s.log)}
 	_, overlay := s.opts.Snapshots.(*snapshotter.Overlay)
 	if viaMount {
@@ -132,6 +153,12 @@ func (s *Service) apply(ctx context.Context, key, parent string, desc ocispec.De
 	}
 	_, err = layer.Apply(ctx, dir, r, opts...)
 	return err
+}
+
+// openLayer opens a layer blob for one read from start to end, past the
+// page cache (see content.StreamProvider).
+func (s *Service) openLayer(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	return s.opts.Content.Stream(ctx, desc)
 }
 
 // lowerDirs reads the lower directories, topmost first, from an overlay

@@ -173,7 +173,7 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	a := &applier{
 		root:     rt,
 		cfg:      &cfg,
-		buf:      make([]byte, copyBufSize),
+		buf:      alignedBuf(copyBufSize),
 		dirTimes: make(map[string][2]unix.Timespec),
 	}
 	if cfg.whiteouts == WhiteoutDelete {
@@ -241,6 +241,10 @@ type applier struct {
 	// ancestors, so that an opaque directory (delete mode only) can tell
 	// what it must keep.
 	written map[string]struct{}
+	// noDirect is set once the filesystem has refused O_DIRECT.
+	noDirect bool
+	// dbufs are pipeDirect's aligned buffers, allocated on first use.
+	dbufs [][]byte
 }
 
 func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
@@ -349,26 +353,9 @@ func (a *applier) regular(pfd int, base string, hdr *tar.Header, tr *tar.Reader)
 		// than halfway. Filesystems without fallocate just skip it.
 		_ = unix.Fallocate(fd, 0, 0, hdr.Size)
 	}
-	var written int64
-	for {
-		n, rerr := tr.Read(a.buf)
-		for off := 0; off < n; {
-			m, err := unix.Write(fd, a.buf[off:n])
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("write: %w", err)
-			}
-			off += m
-		}
-		written += int64(n)
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("read content: %w: %w", errdefs.ErrInvalidArgument, rerr)
-		}
+	written, err := a.copyContent(fd, hdr, tr)
+	if err != nil {
+		return err
 	}
 	if written < hdr.Size {
 		// Preallocation made the file long already; a short body is a
