@@ -68,6 +68,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -136,7 +137,16 @@ func withoutSeccomp(spec *specs.Spec) *specs.Spec {
 // syncSocket is one end of the socketpair. It is a raw fd in blocking mode
 // (not an *os.File) so that the init can use it without the Go poller and
 // the parent can interrupt a blocked read with shutdown(2).
-type syncSocket struct{ fd int }
+type syncSocket struct {
+	fd int
+	// raw (the init's end) makes recv block in a raw system call, without
+	// telling the Go scheduler. Through the scheduler, a long blocking
+	// read lets it hand the P to another thread, and once the message
+	// arrived the init's locked main thread waited up to tens of
+	// milliseconds to run again, at each of its three waits (bootstrap,
+	// cgroup, start): most of a Start. The init has nothing else to run.
+	raw bool
+}
 
 // maxPassFDs is the most descriptors one message carries (a preforked
 // init's stdio).
@@ -194,7 +204,11 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 		err            error
 	)
 	for {
-		n, oobn, flags, _, err = unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if s.raw {
+			n, oobn, flags, err = rawRecvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		} else {
+			n, oobn, flags, _, err = unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		}
 		if err != unix.EINTR {
 			break
 		}
@@ -227,6 +241,22 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 		return syncMsg{}, nil, fmt.Errorf("decode sync message: %w", err)
 	}
 	return m, passed, nil
+}
+
+// rawRecvmsg is recvmsg(2) through RawSyscall (see syncSocket.raw).
+func rawRecvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err error) {
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
+	if errno != 0 {
+		return 0, 0, 0, errno
+	}
+	return int(r), int(msg.Controllen), int(msg.Flags), nil
 }
 
 func closeFDs(fds []int) {
