@@ -306,8 +306,10 @@ func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre 
 	log.Debug("serving", "socket", sock, "protocol", Protocol)
 	select {
 	case <-svc.Done:
-		// Let the Shutdown reply go out, then stop.
-		time.Sleep(10 * time.Millisecond)
+		// Let the Shutdown reply go out (berthd does not need it: it
+		// waits for this process to end), then stop. Every container
+		// removal waits for this, so the pause is short.
+		time.Sleep(time.Millisecond)
 		srv.Close()
 		if err = <-errc; errors.Is(err, ttrpc.ErrServerClosed) {
 			err = nil
