@@ -203,7 +203,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	if _, err := os.Stat(dir); err == nil {
 		// A leftover of a crash between Create's steps: no shim serves it
 		// (Reconnect would have registered the task).
-		m.cleanupBundle(dir, "")
+		m.cleanupBundle(dir, "", false)
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o711); err != nil {
 		return nil, fmt.Errorf("create bundle of %s: %w", o.ID, err)
@@ -222,7 +222,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 				t.conn.Close()
 				waitGone(t.ShimPid, 2*time.Second)
 			}
-			m.cleanupBundle(dir, o.CgroupParent)
+			m.cleanupBundle(dir, o.CgroupParent, false)
 		}
 	}()
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
@@ -524,7 +524,8 @@ func (m *Manager) Delete(ctx context.Context, ns, id string, force bool) (*shimv
 		resp = &shimv1.DeleteResponse{Pid: ev.Pid, ExitStatus: ev.ExitStatus, ExitedAt: ev.ExitedAt}
 	}
 	m.forget(t)
-	m.cleanupBundle(t.Bundle, "")
+	// A shim that deleted the container removed its cgroup too.
+	m.cleanupBundle(t.Bundle, "", err == nil)
 	return resp, nil
 }
 
@@ -543,15 +544,13 @@ func (m *Manager) forget(t *Task) {
 // cleanupBundle undoes a task whose shim is gone: kills what is left in
 // its cgroup and removes the cgroup, unmounts the rootfs, removes the
 // socket and the bundle. cgroupParent is used when config.json cannot be
-// read.
-func (m *Manager) cleanupBundle(dir, cgroupParent string) {
+// read. With cgroupGone (the shim removed it) the cgroup is left alone.
+func (m *Manager) cleanupBundle(dir, cgroupParent string, cgroupGone bool) {
 	id := filepath.Base(dir)
 	ns := filepath.Base(filepath.Dir(dir))
 	cgPath := ""
-	if spec, err := oci.ReadSpec(dir); err == nil && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
-		cgPath = spec.Linux.CgroupsPath
-	} else if p, err := cgroup.GroupPath(cgroupParent, id); err == nil {
-		cgPath = p
+	if !cgroupGone {
+		cgPath = bundleCgroup(dir, cgroupParent, id)
 	}
 	if cgPath != "" {
 		if cg, err := cgroup.Load(cgPath); err == nil {
@@ -574,6 +573,18 @@ func (m *Manager) cleanupBundle(dir, cgroupParent string) {
 	if err := os.RemoveAll(dir); err != nil {
 		m.cfg.Log.Warn("remove bundle", "bundle", dir, "err", err)
 	}
+}
+
+// bundleCgroup is the cgroup of the task in dir: config.json's, or, when
+// that cannot be read, the one under cgroupParent ("" if neither).
+func bundleCgroup(dir, cgroupParent, id string) string {
+	if spec, err := oci.ReadSpec(dir); err == nil && spec.Linux != nil && spec.Linux.CgroupsPath != "" {
+		return spec.Linux.CgroupsPath
+	}
+	if p, err := cgroup.GroupPath(cgroupParent, id); err == nil {
+		return p
+	}
+	return ""
 }
 
 // waitGone waits up to timeout for process pid to exit. The shim is not
@@ -668,7 +679,7 @@ func (m *Manager) reconnectOne(dir string) Recovered {
 		m.cfg.Log.Info("shim gone; cleaning up its task", "container", r.ID, "namespace", r.NS, "err", err)
 	}
 	r.Exit = recordedExit(dir)
-	m.cleanupBundle(dir, "")
+	m.cleanupBundle(dir, "", false)
 	return r
 }
 
