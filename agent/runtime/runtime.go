@@ -253,6 +253,11 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 			m.cfg.Log.Warn("adopt a warm shim; starting one", "container", o.ID, "err", err)
 		} else {
 			warm = "yes"
+			// Connected since it was started (see warmShim.conn), and
+			// known to be this task's by the adoption: no Connect call.
+			t = &Task{NS: o.NS, ID: o.ID, Bundle: dir, ShimPid: int(b.GetPid()), addr: strings.TrimPrefix(b.GetAddress(), "unix://")}
+			t.conn = newShimClient(w.takeConn())
+			t.Shim = shimv1.NewShimServiceClient(t.conn)
 		}
 	}
 	if b == nil {
@@ -261,7 +266,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 		}
 	}
 	tShim := time.Now()
-	t, err = m.dial(o.NS, o.ID, dir, b)
+	if t == nil {
+		t, err = m.dial(o.NS, o.ID, dir, b)
+	}
 	if err != nil {
 		// The shim runs but cannot be reached: stop it by pid.
 		syscall.Kill(int(b.GetPid()), syscall.SIGKILL)
@@ -366,10 +373,15 @@ func dialShim(path string) (*ttrpc.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newShimClient(c), nil
+}
+
+// newShimClient is a ttrpc client of the shim on connection c.
+func newShimClient(c net.Conn) *ttrpc.Client {
 	return ttrpc.NewClient(c, ttrpc.WithUnaryClientInterceptor(
 		func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, _ *ttrpc.UnaryClientInfo, invoke ttrpc.Invoker) error {
 			return transportStatus(invoke(ctx, req, resp))
-		})), nil
+		}))
 }
 
 // transportStatus gives errors of the connection rather than of the shim

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,17 @@ type warmShim struct {
 	ctl   *os.File // berthd's end of the control socket
 	pidfd int      // to kill it without a pid race
 	dir   string   // its directory under bundle.WarmDir
+	// conn is connected to its socket from the start: the connection
+	// waits in the listener's backlog until the shim serves, after its
+	// adoption, so the task's client needs no dial then.
+	conn net.Conn
+}
+
+// takeConn hands the connection over to the task's client.
+func (w *warmShim) takeConn() net.Conn {
+	c := w.conn
+	w.conn = nil
+	return c
 }
 
 // startWarm starts one warm shim.
@@ -78,12 +90,19 @@ func (m *Manager) startWarm(ctx context.Context) (*warmShim, error) {
 		w.discard()
 		return nil, fmt.Errorf("warm shim %d: %w", b.GetPid(), err)
 	}
+	if w.conn, err = net.DialTimeout("unix", filepath.Join(w.dir, bundle.WarmSocketName), dialTimeout); err != nil {
+		w.discard()
+		return nil, fmt.Errorf("warm shim %d: %w", b.GetPid(), err)
+	}
 	return w, nil
 }
 
 // discard stops an idle warm shim: closing the control socket makes it
 // clean up and exit; it is killed if it takes too long.
 func (w *warmShim) discard() {
+	if w.conn != nil {
+		w.conn.Close()
+	}
 	w.ctl.Close()
 	if w.pidfd >= 0 {
 		if !pollPidfd(w.pidfd, 2*time.Second) {
@@ -101,6 +120,9 @@ func (w *warmShim) discard() {
 // kill stops a warm shim at once, whatever it was doing (a failed
 // adoption): it cannot then touch the socket or bundle it was given.
 func (w *warmShim) kill() {
+	if w.conn != nil {
+		w.conn.Close()
+	}
 	if w.pidfd >= 0 {
 		_ = unix.PidfdSendSignal(w.pidfd, unix.SIGKILL, nil, 0)
 		pollPidfd(w.pidfd, 2*time.Second)
