@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/internal/directio"
 )
 
 // Blobs are written and read for unpacking with O_DIRECT, past the page
@@ -24,22 +25,12 @@ const (
 	// directChunk is the size of a direct write or read: large enough that
 	// the per-call wait for the device is small against the copy.
 	directChunk = 1 << 20
-	// directAlign is the alignment O_DIRECT needs for buffers, offsets
-	// and lengths: the logical block size of every common device is 512
-	// or 4096.
-	directAlign = 4096
+	directAlign = directio.Align
 )
 
 // alignedBuf returns a zero-length buffer of capacity n whose start is
 // directAlign-aligned.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	off := 0
-	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % directAlign); r != 0 {
-		off = directAlign - r
-	}
-	return b[off : off : off+n]
-}
+func alignedBuf(n int) []byte { return directio.Buf(n)[:0] }
 
 // pwriteAll writes p at off, retrying short writes.
 func pwriteAll(fd int, p []byte, off int64) error {
@@ -70,7 +61,7 @@ func openDirect(path string) int {
 // directOK reports whether p can be written direct at off.
 func directOK(p []byte, off int64) bool {
 	return len(p) > 0 && len(p)%directAlign == 0 && off%directAlign == 0 &&
-		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0
+		directio.Aligned(p)
 }
 
 // StreamProvider is implemented by stores that can stream a whole blob

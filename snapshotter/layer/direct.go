@@ -4,11 +4,11 @@ import (
 	"archive/tar"
 	"fmt"
 	"io"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/internal/directio"
 )
 
 // Large files are written with O_DIRECT, past the page cache. On a VM
@@ -20,22 +20,12 @@ import (
 // a few KiB that wait costs more than the copy.
 const (
 	// directMin is the size from which a regular file is written direct.
-	directMin = 1 << 20
-	// directAlign is the alignment O_DIRECT needs for the buffer, the file
-	// offset and the length: the logical block size of every common
-	// device is 512 or 4096.
-	directAlign = 4096
+	directMin   = 1 << 20
+	directAlign = directio.Align
 )
 
 // alignedBuf returns a buffer of n bytes whose start is directAlign-aligned.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	off := 0
-	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % directAlign); r != 0 {
-		off = directAlign - r
-	}
-	return b[off : off+n : off+n]
-}
+func alignedBuf(n int) []byte { return directio.Buf(n) }
 
 // setDirect switches O_DIRECT on or off for fd.
 func setDirect(fd int, on bool) error {
