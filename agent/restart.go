@@ -162,6 +162,9 @@ func (r *restarter) schedule(ns, id string, delay time.Duration) {
 
 // restart gives the container a new task and starts it, unless the user
 // stopped or removed it in the meantime.
+// restartTimeout bounds one restart's task create and start.
+const restartTimeout = 2 * time.Minute
+
 func (r *restarter) restart(ns, id string) {
 	ctx := namespaces.WithNamespace(context.Background(), ns)
 	c, err := r.a.db.Containers().Get(ctx, id)
@@ -177,9 +180,13 @@ func (r *restarter) restart(ns, id string) {
 		return
 	}
 	ts := &tasksService{a: r.a}
-	_, err = ts.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: id})
+	// Bounded, as a client's call would be: a restart that hangs is
+	// reported and left to the policy rather than waited for forever.
+	cctx, cancel := context.WithTimeout(ctx, restartTimeout)
+	defer cancel()
+	_, err = ts.CreateTask(cctx, &berthv1.CreateTaskRequest{ContainerId: id})
 	if err == nil {
-		_, err = ts.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: id})
+		_, err = ts.StartTask(cctx, &berthv1.StartTaskRequest{ContainerId: id})
 	}
 	if err != nil {
 		r.a.log.Warn("restart failed", "container", id, "err", err)

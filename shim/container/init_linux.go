@@ -64,7 +64,7 @@ func IsInit() bool { return os.Getenv(initEnv) != "" }
 // when IsInit is true, from the main goroutine, before starting any other
 // goroutine or touching stdio.
 func Init() {
-	sock := syncSocket{fd: initSyncFD, raw: true}
+	sock := syncSocket{fd: initSyncFD}
 	unix.CloseOnExec(initSyncFD)
 	// Not dumpable until execve, so no process in the container can open
 	// /proc/<init>/exe and reach the shim's binary (runc's CVE-2019-5736);

@@ -68,7 +68,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -137,16 +136,7 @@ func withoutSeccomp(spec *specs.Spec) *specs.Spec {
 // syncSocket is one end of the socketpair. It is a raw fd in blocking mode
 // (not an *os.File) so that the init can use it without the Go poller and
 // the parent can interrupt a blocked read with shutdown(2).
-type syncSocket struct {
-	fd int
-	// raw (the init's end) makes recv block in a raw system call, without
-	// telling the Go scheduler. Through the scheduler, a long blocking
-	// read lets it hand the P to another thread, and once the message
-	// arrived the init's locked main thread waited up to tens of
-	// milliseconds to run again, at each of its three waits (bootstrap,
-	// cgroup, start): most of a Start. The init has nothing else to run.
-	raw bool
-}
+type syncSocket struct{ fd int }
 
 // maxPassFDs is the most descriptors one message carries (a preforked
 // init's stdio).
@@ -200,7 +190,8 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 	// The wait happens in a peek that learns the message's size, so the
 	// buffer is allocated afterwards and no larger than needed: a 4 MiB
 	// buffer per message made the shim's heap churn and, allocated before
-	// the init's blocking read, delayed the woken init by 5-70 ms.
+	// the init's blocking read, delayed the woken init by 5-70 ms at each
+	// of its waits (bootstrap, cgroup, start).
 	size, err := s.peekSize()
 	if err != nil {
 		return syncMsg{}, nil, err
@@ -211,11 +202,7 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 		n, oobn, flags int
 	)
 	for {
-		if s.raw {
-			n, oobn, flags, err = rawRecvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		} else {
-			n, oobn, flags, _, err = unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
-		}
+		n, oobn, flags, _, err = unix.Recvmsg(s.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if err != unix.EINTR {
 			break
 		}
@@ -255,15 +242,7 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 func (s syncSocket) peekSize() (int, error) {
 	var one [1]byte
 	for {
-		var (
-			n   int
-			err error
-		)
-		if s.raw {
-			n, _, _, err = rawRecvmsg(s.fd, one[:], nil, unix.MSG_PEEK|unix.MSG_TRUNC)
-		} else {
-			n, _, _, _, err = unix.Recvmsg(s.fd, one[:], nil, unix.MSG_PEEK|unix.MSG_TRUNC)
-		}
+		n, _, _, _, err := unix.Recvmsg(s.fd, one[:], nil, unix.MSG_PEEK|unix.MSG_TRUNC)
 		if err == unix.EINTR {
 			continue
 		}
@@ -275,22 +254,6 @@ func (s syncSocket) peekSize() (int, error) {
 		}
 		return n, nil
 	}
-}
-
-// rawRecvmsg is recvmsg(2) through RawSyscall (see syncSocket.raw).
-func rawRecvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, err error) {
-	iov := unix.Iovec{Base: &p[0]}
-	iov.SetLen(len(p))
-	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}
-	if len(oob) > 0 {
-		msg.Control = &oob[0]
-		msg.SetControllen(len(oob))
-	}
-	r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), uintptr(flags))
-	if errno != 0 {
-		return 0, 0, 0, errno
-	}
-	return int(r), int(msg.Controllen), int(msg.Flags), nil
 }
 
 func closeFDs(fds []int) {
