@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -276,9 +275,5 @@ func (m *Manager) keepWarm() {
 // exit by themselves when the agent goes, but a shim killed with -9
 // leaves its directory.
 func removeStaleWarm(state string) error {
-	err := os.RemoveAll(bundle.WarmDir(state))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
+	return os.RemoveAll(bundle.WarmDir(state))
 }

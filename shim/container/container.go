@@ -296,8 +296,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
 	boot.Config.UnshareMount = unshareMount
 	if passStdio != nil {
-		boot.Config.Stdio = stdioMask(passStdio)
-		passStdio = compactFDs(passStdio)
+		boot.Config.Stdio = stdioMask(passStdio) // send skips the missing (-1) ones
 	}
 	if err := parentSock.send(boot, passStdio...); err != nil {
 		if ctx.Err() != nil {
@@ -513,16 +512,6 @@ func stdioMask(fds []int) []bool {
 		m[i] = fd >= 0
 	}
 	return m
-}
-
-func compactFDs(fds []int) []int {
-	out := fds[:0:0]
-	for _, fd := range fds {
-		if fd >= 0 {
-			out = append(out, fd)
-		}
-	}
-	return out
 }
 
 // splitPidsLimit returns r without its pids limit, and the limit.

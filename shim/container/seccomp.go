@@ -114,9 +114,6 @@ func prepareSeccomp(sc *specs.LinuxSeccomp, cacheDir string) (*seccompProgram, e
 		}
 		return nil, newInitError(StageSeccomp, err)
 	}
-	if err := p.validate(); err != nil {
-		return nil, newInitError(StageSeccomp, err)
-	}
 	if key != "" {
 		rememberSeccomp(key, p)
 		if cacheDir != "" {
