@@ -360,15 +360,17 @@ func (c *core) parentChain(tx *bolt.Tx, key, parent string) ([]uint64, error) {
 
 // Commit turns the Active snapshot key into the Committed snapshot name.
 func (c *core) Commit(ctx context.Context, name, key string, opts ...Opt) error {
-	return c.commit(ctx, name, key, true, opts)
+	return c.commit(ctx, name, key, true, nil, opts)
 }
 
 // CommitUnsynced is Commit without the flush; see DeferredSyncer.
 func (c *core) CommitUnsynced(ctx context.Context, name, key string, opts ...Opt) error {
-	return c.commit(ctx, name, key, false, opts)
+	return c.commit(ctx, name, key, false, nil, opts)
 }
 
-func (c *core) commit(ctx context.Context, name, key string, sync bool, opts []Opt) error {
+// commit commits key as name; onto, when set, names the Committed parent
+// the snapshot gets instead of its own (see Rebaser).
+func (c *core) commit(ctx context.Context, name, key string, sync bool, onto *string, opts []Opt) error {
 	if err := c.check(); err != nil {
 		return err
 	}
@@ -389,6 +391,9 @@ func (c *core) commit(ctx context.Context, name, key string, sync bool, opts []O
 		}
 		if snapshotsBucket(tx).Bucket([]byte(name)) != nil {
 			return fmt.Errorf("commit snapshot %q as %q: %w", key, name, errdefs.ErrAlreadyExists)
+		}
+		if onto != nil && r.Parent != "" {
+			return fmt.Errorf("commit snapshot %q onto %q: it has a parent already (%q); only a base snapshot can be committed onto another: %w", key, *onto, r.Parent, errdefs.ErrFailedPrecondition)
 		}
 		return nil
 	}); err != nil {
@@ -425,6 +430,13 @@ func (c *core) commit(ctx context.Context, name, key string, sync bool, opts []O
 		if cur.Kind != KindActive || cur.id != r.id {
 			return fmt.Errorf("commit snapshot %q: changed during commit; retry: %w", key, errdefs.ErrAborted)
 		}
+		parent := cur.Parent
+		if onto != nil {
+			if _, err := c.parentChain(tx, key, *onto); err != nil {
+				return err
+			}
+			parent = *onto
+		}
 		if err := deleteRecord(tx, cur); err != nil {
 			return err
 		}
@@ -433,7 +445,7 @@ func (c *core) commit(ctx context.Context, name, key string, sync bool, opts []O
 		if err != nil {
 			return fmt.Errorf("commit snapshot %q: %w", key, err)
 		}
-		committed := record{Info: Info{Kind: KindCommitted, Name: name, Parent: cur.Parent, Labels: labels, Created: t, Updated: t}, id: cur.id, usage: usage}
+		committed := record{Info: Info{Kind: KindCommitted, Name: name, Parent: parent, Labels: labels, Created: t, Updated: t}, id: cur.id, usage: usage}
 		if err := putRecord(tx, committed); err != nil {
 			return err
 		}

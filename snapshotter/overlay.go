@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
@@ -41,6 +42,31 @@ func NewOverlay(root string, opts ...Option) (*Overlay, error) {
 		return nil, err
 	}
 	return &Overlay{core: c}, nil
+}
+
+// CommitOnto implements Rebaser: an overlay snapshot's directory is its
+// upper dir alone, whatever lies below it.
+func (o *Overlay) CommitOnto(ctx context.Context, name, key, parent string, sync bool) error {
+	return o.commit(ctx, name, key, sync, &parent, nil)
+}
+
+// LowerDirs implements Rebaser.
+func (o *Overlay) LowerDirs(ctx context.Context, parent string) ([]string, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	var dirs []string
+	err := o.db.View(func(tx *bolt.Tx) error {
+		ids, err := o.parentChain(tx, "lower dirs", parent)
+		if err != nil {
+			return err
+		}
+		for _, d := range o.dirs(ids) {
+			dirs = append(dirs, filepath.Join(d, "fs"))
+		}
+		return nil
+	})
+	return dirs, err
 }
 
 type overlayDriver struct{}

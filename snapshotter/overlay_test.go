@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/snapshotter"
 	"github.com/berth-dev/berth/snapshotter/snaptest"
 )
@@ -155,4 +156,87 @@ func BenchmarkOverlayPrepareCommit(b *testing.B) {
 
 func BenchmarkOverlayPrepareOn1000Files(b *testing.B) {
 	snaptest.BenchmarkPrepareOnLargeParent(b, newOverlay, 1000)
+}
+
+// TestOverlayCommitOnto: a base snapshot filled while its parent-to-be was
+// still active, committed onto it, stacks like one prepared on it; only a
+// base snapshot and a committed parent are accepted, and the parent then
+// cannot be removed before its new child.
+func TestOverlayCommitOnto(t *testing.T) {
+	ctx := context.Background()
+	sn := newOverlay(t, t.TempDir())
+	t.Cleanup(func() { _ = sn.Close() })
+	rb, ok := sn.(snapshotter.Rebaser)
+	if !ok {
+		t.Fatal("Overlay is not a Rebaser")
+	}
+	write := func(key, parent, name, body string) {
+		t.Helper()
+		mounts, err := sn.Prepare(ctx, key, parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := snapshotter.WritableDirOf(mounts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("x-lower", "", "shared", "lower")
+	write("x-upper", "", "shared", "upper") // before its parent is committed
+	if err := os.WriteFile(filepath.Join(mustWritable(t, sn, "x-upper"), "own"), []byte("u"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.CommitOnto(ctx, "upper", "x-upper", "lower", true); !errdefs.IsNotFound(err) {
+		t.Fatalf("commit onto a missing parent: %v, want NotFound", err)
+	}
+	if err := sn.Commit(ctx, "lower", "x-lower"); err != nil {
+		t.Fatal(err)
+	}
+	write("x-child", "lower", "c", "c")
+	if err := rb.CommitOnto(ctx, "child", "x-child", "lower", true); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("commit onto of a snapshot with a parent: %v, want FailedPrecondition", err)
+	}
+	if err := rb.CommitOnto(ctx, "upper", "x-upper", "lower", false); err != nil {
+		t.Fatal(err)
+	}
+	info, err := sn.Stat(ctx, "upper")
+	if err != nil || info.Parent != "lower" || info.Kind != snapshotter.KindCommitted {
+		t.Fatalf("upper: %+v %v, want committed on lower", info, err)
+	}
+	dirs, err := rb.LowerDirs(ctx, "upper")
+	if err != nil || len(dirs) != 2 {
+		t.Fatalf("LowerDirs(upper) = %q %v, want upper's and lower's", dirs, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dirs[1], "shared")); err != nil || string(b) != "lower" {
+		t.Errorf("LowerDirs is not topmost first: %s holds %q %v", dirs[1], b, err)
+	}
+	mounts, err := sn.View(ctx, "v", "upper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if err := snapshotter.MountAll(mounts, target); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = snapshotter.Unmount(target) })
+	for name, want := range map[string]string{"shared": "upper", "own": "u"} {
+		if b, err := os.ReadFile(filepath.Join(target, name)); err != nil || string(b) != want {
+			t.Errorf("%s = %q %v, want %q", name, b, err, want)
+		}
+	}
+	if err := sn.Remove(ctx, "lower"); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("remove of the new parent: %v, want FailedPrecondition", err)
+	}
+}
+
+func mustWritable(t *testing.T, sn snapshotter.Snapshotter, key string) string {
+	t.Helper()
+	dir, err := snapshotter.WritableDir(context.Background(), sn, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

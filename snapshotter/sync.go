@@ -43,6 +43,23 @@ type DeferredSyncer interface {
 	Sync(ctx context.Context) error
 }
 
+// Rebaser is implemented by snapshotters whose Active snapshot does not
+// depend on its parent's content (overlay: the snapshot's directory is an
+// upper dir, merged with the lowers only at mount time). A pull uses it to
+// unpack a layer while the layer below is still being unpacked: into a
+// base snapshot first, then committed on top of its parent once that is
+// committed. The layer's directories that need the lower layers' metadata
+// are completed in between (layer.ResolveImplicit, with LowerDirs).
+type Rebaser interface {
+	// CommitOnto is Commit (or CommitUnsynced, without sync) of the
+	// Active base snapshot key as name, with the Committed parent as its
+	// parent.
+	CommitOnto(ctx context.Context, name, key, parent string, sync bool) error
+	// LowerDirs returns the directories of parent's chain, topmost first:
+	// what a snapshot on top of parent sees below its own.
+	LowerDirs(ctx context.Context, parent string) ([]string, error)
+}
+
 // bootID identifies the running kernel; empty if it cannot be read, which
 // makes every mark look like one of an earlier boot (the safe side).
 func bootID() []byte {

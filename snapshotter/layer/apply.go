@@ -53,6 +53,11 @@ type Result struct {
 	DiffID digest.Digest
 	// Size is the length of the uncompressed tar in bytes.
 	Size int64
+	// Implicit lists, parents first, the directories Apply made on the
+	// way to entries whose parents the layer does not list, when asked to
+	// with WithDeferredParents: ResolveImplicit gives them the metadata of
+	// the lower layers once those exist.
+	Implicit []string
 }
 
 // Option configures Apply.
@@ -60,6 +65,7 @@ type Option func(*applyConfig)
 
 type applyConfig struct {
 	parents   []string
+	deferred  bool
 	expected  digest.Digest
 	whiteouts WhiteoutMode
 	mediaType string
@@ -90,6 +96,15 @@ func WithWhiteoutMode(m WhiteoutMode) Option {
 // overlay in WhiteoutDelete mode instead.
 func WithParents(lowerdirs ...string) Option {
 	return func(c *applyConfig) { c.parents = lowerdirs }
+}
+
+// WithDeferredParents is WithParents for a layer applied before its lower
+// layers exist (a pull unpacking several layers at once): directories made
+// on the way get the default metadata, and Result.Implicit lists them for
+// ResolveImplicit, which must run, with the lower directories, before the
+// layer is used. Entries the layer lists itself need no lower layer.
+func WithDeferredParents() Option {
+	return func(c *applyConfig) { c.deferred = true }
 }
 
 // WithMediaType decompresses by the manifest's media type (see
@@ -182,6 +197,13 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	rt.made = func(rel string, st *unix.Stat_t) {
 		a.dirTimes[rel] = [2]unix.Timespec{st.Atim, st.Mtim}
 	}
+	if cfg.whiteouts == WhiteoutOverlay && cfg.deferred {
+		a.implicit = make(map[string]int)
+		rt.bare = func(rel string) {
+			a.implicit[rel] = len(a.implicitOrder)
+			a.implicitOrder = append(a.implicitOrder, rel)
+		}
+	}
 
 	tr := tar.NewReader(stream)
 	for {
@@ -212,6 +234,11 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	}
 
 	res := Result{DiffID: digest.NewDigest(digest.SHA256, h.h), Size: h.n}
+	for i, rel := range a.implicitOrder {
+		if j, ok := a.implicit[rel]; ok && j == i {
+			res.Implicit = append(res.Implicit, rel)
+		}
+	}
 	if cfg.expected != "" && cfg.expected != res.DiffID {
 		return res, fmt.Errorf("layer diff ID mismatch: expected %s, got %s: %w", cfg.expected, res.DiffID, errdefs.ErrDataLoss)
 	}
@@ -241,6 +268,11 @@ type applier struct {
 	// ancestors, so that an opaque directory (delete mode only) can tell
 	// what it must keep.
 	written map[string]struct{}
+	// implicit maps the directories made on the way in deferred mode to
+	// their latest index in implicitOrder; an entry listing one itself
+	// removes it, as its metadata is then the layer's.
+	implicit      map[string]int
+	implicitOrder []string
 	// noDirect is set once the filesystem has refused O_DIRECT.
 	noDirect bool
 	// dbufs are pipeDirect's aligned buffers, allocated on first use.
@@ -302,6 +334,7 @@ func (a *applier) entry(hdr *tar.Header, tr *tar.Reader) error {
 			return err
 		}
 		a.dirTimes[rel] = times(hdr)
+		delete(a.implicit, rel)
 		return nil
 	case tar.TypeSymlink:
 		delete(a.dirTimes, rel)

@@ -97,3 +97,67 @@ func opaqueAncestor(lfd int, rel string) bool {
 		}
 	}
 }
+
+// ResolveImplicit completes a layer applied with WithDeferredParents, once
+// its lower layers exist: each directory Apply made on the way (implicit,
+// from Result.Implicit, parents first) gets what WithParents would have
+// given it, the owner, mode and times of the directory it shadows in
+// lowerdirs (topmost first), and one that would shadow a symlink of a
+// lower layer fails with ErrFailedPrecondition: the layer must then be
+// applied again through a mounted overlay. A directory a later entry of
+// the layer replaced is left alone.
+func ResolveImplicit(dir string, implicit, lowerdirs []string) error {
+	if len(implicit) == 0 || len(lowerdirs) == 0 {
+		return nil
+	}
+	ls, err := openLowers(lowerdirs)
+	if err != nil {
+		return err
+	}
+	defer ls.close()
+	rt, err := openRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer rt.close()
+	for _, rel := range implicit {
+		like, err := ls.lookupDir(rel)
+		if err != nil {
+			return err
+		}
+		if like == nil {
+			continue
+		}
+		fd, err := openat2Resolve(rt.fd, rel, unix.O_PATH|unix.O_DIRECTORY,
+			unix.RESOLVE_IN_ROOT|unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_MAGICLINKS)
+		switch err {
+		case nil:
+		case unix.ENOENT, unix.ENOTDIR, unix.ELOOP:
+			continue
+		default:
+			return fmt.Errorf("directory %q: %w", rel, err)
+		}
+		err = copyDirMeta(fd, like)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("directory %q: %w", rel, err)
+		}
+	}
+	return nil
+}
+
+// copyDirMeta gives the directory fd (O_PATH) the owner, mode and times of
+// st; chown first, as it clears set-id bits.
+func copyDirMeta(fd int, st *unix.Stat_t) error {
+	if err := unix.Fchownat(fd, "", int(st.Uid), int(st.Gid), unix.AT_EMPTY_PATH); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchmodat(unix.AT_FDCWD, procPath(fd), st.Mode&0o7777, 0); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, procPath(fd), ts, 0); err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}

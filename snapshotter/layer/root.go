@@ -35,6 +35,9 @@ type root struct {
 	implicit func(rel string) (*unix.Stat_t, error)
 	// made is told of every directory implicit gave metadata for.
 	made func(rel string, st *unix.Stat_t)
+	// bare, when set, is told of every directory made on the way with
+	// the default metadata (see WithDeferredParents).
+	bare func(rel string)
 	// stale holds cached fds invalidated during the current entry; they are
 	// closed at the entry's end because the entry may still be using one.
 	stale []int
@@ -177,6 +180,8 @@ func (r *root) mkdirAll(rel string) (int, error) {
 	}
 	if like != nil {
 		r.made(rel, like)
+	} else if r.bare != nil {
+		r.bare(rel)
 	}
 	return fd, nil
 }

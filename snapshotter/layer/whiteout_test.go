@@ -194,3 +194,67 @@ func TestOverlayModeWithParents(t *testing.T) {
 		t.Error("libx.so not in upper usr/lib")
 	}
 }
+
+// TestDeferredParentsMatchWithParents: a layer applied before its lower
+// layers exist, then completed with ResolveImplicit, ends up exactly as one
+// applied with the lowers present, and a path through a lower symlink is
+// refused at the resolve step the way WithParents refuses it at once.
+func TestDeferredParentsMatchWithParents(t *testing.T) {
+	requireRoot(t)
+	ctx := context.Background()
+	base := t.TempDir()
+	lower, now, later := filepath.Join(base, "lower"), filepath.Join(base, "now"), filepath.Join(base, "later")
+	for _, d := range []string{lower, now, later} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opt := dirEnt("opt/", 0o750)
+	opt.hdr.Uid, opt.hdr.Gid = 7, 8
+	srv := dirEnt("srv/", 0o700)
+	srv.hdr.Uid = 9
+	if _, err := Apply(ctx, lower, bytes.NewReader(tarOf(t,
+		dirEnt("usr/", 0o755), dirEnt("usr/lib/", 0o755), symlink("lib", "usr/lib"),
+		opt, dirEnt("opt/sub/", 0o711), srv, dirEnt("srv/www/", 0o755), file("etc", "not a dir", 0o644),
+	))); err != nil {
+		t.Fatal(err)
+	}
+	// opt and opt/sub are implicit and copy the lower's; srv is implicit
+	// first, then listed by the layer, whose metadata wins; etc shadows a
+	// lower file; new/ has nothing below; tmp is made, then replaced.
+	upperLayer := tarOf(t,
+		file("opt/sub/x", "x", 0o644), file("srv/www/index", "i", 0o644), dirEnt("srv/", 0o755),
+		file("etc/passwd", "root", 0o644), file("new/deep/f", "f", 0o600), file("tmp/a", "a", 0o600),
+		whiteoutEnt("tmp"), file("tmp", "now a file", 0o600),
+	)
+	if _, err := Apply(ctx, now, bytes.NewReader(upperLayer), WithWhiteoutMode(WhiteoutOverlay), WithParents(lower)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Apply(ctx, later, bytes.NewReader(upperLayer), WithWhiteoutMode(WhiteoutOverlay), WithDeferredParents())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"opt", "opt/sub", "srv/www", "etc", "new", "new/deep", "tmp"}
+	if strings.Join(res.Implicit, " ") != strings.Join(want, " ") {
+		t.Errorf("Implicit = %q, want %q", res.Implicit, want)
+	}
+	if err := ResolveImplicit(later, res.Implicit, []string{lower}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := describe(t, now), describe(t, later); a != b {
+		t.Errorf("deferred apply differs from the one with parents:\n--- with parents\n%s\n--- deferred\n%s", a, b)
+	}
+
+	through := filepath.Join(base, "through")
+	if err := os.Mkdir(through, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res, err = Apply(ctx, through, bytes.NewReader(tarOf(t, file("lib/libx.so", "x", 0o644))),
+		WithWhiteoutMode(WhiteoutOverlay), WithDeferredParents())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ResolveImplicit(through, res.Implicit, []string{lower}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("write through a lower symlink: %v, want ErrFailedPrecondition", err)
+	}
+}
