@@ -45,6 +45,7 @@ type flight struct {
 	cancel  context.CancelFunc
 	waiters int          // guarded by LocalStore.mu
 	current atomic.Int64 // bytes of the blob present, for progress
+	tail    tail         // what followers read (see Follow)
 }
 
 // Fetch makes the blob desc present in the store: it returns at once if
@@ -121,19 +122,22 @@ func (s *LocalStore) join(ctx context.Context, desc Descriptor, open OpenFunc) (
 		dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight{done: make(chan struct{}), cancel: cancel}
 		s.flights[desc.Digest] = f
+		s.flightsMoved()
 		started = true
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer cancel()
-			err := s.download(dctx, desc, open, &f.current)
+			err := s.download(dctx, desc, open, f)
 			s.mu.Lock()
 			if s.flights[desc.Digest] == f {
 				delete(s.flights, desc.Digest)
+				s.flightsMoved()
 			}
 			s.mu.Unlock()
 			f.err = err
 			close(f.done)
+			f.tail.stop()
 		}()
 	}
 	f.waiters++
@@ -159,6 +163,7 @@ func (s *LocalStore) wait(ctx context.Context, desc Descriptor, f *flight, progr
 				f.cancel()
 				if s.flights[desc.Digest] == f {
 					delete(s.flights, desc.Digest)
+					s.flightsMoved()
 				}
 			}
 			s.mu.Unlock()
@@ -174,8 +179,8 @@ func (s *LocalStore) wait(ctx context.Context, desc Descriptor, f *flight, progr
 
 // download runs one flight: an attempt, and a second from scratch if the
 // first resumed from data that turned out to be corrupt.
-func (s *LocalStore) download(ctx context.Context, desc Descriptor, open OpenFunc, current *atomic.Int64) error {
-	resumed, err := s.downloadOnce(ctx, desc, open, current)
+func (s *LocalStore) download(ctx context.Context, desc Descriptor, open OpenFunc, f *flight) error {
+	resumed, err := s.downloadOnce(ctx, desc, open, f)
 	if err != nil && resumed && errors.Is(err, errdefs.ErrFailedPrecondition) {
 		// Commit removes an ingest that fails verification, but an
 		// oversized stream fails in Write and leaves it: drop it either way
@@ -183,7 +188,7 @@ func (s *LocalStore) download(ctx context.Context, desc Descriptor, open OpenFun
 		if aerr := s.Abort(ctx, desc.Digest.String()); aerr != nil && !errors.Is(aerr, errdefs.ErrNotFound) {
 			return fmt.Errorf("%w (and the corrupt ingest could not be removed: %v)", err, aerr)
 		}
-		_, err2 := s.downloadOnce(ctx, desc, open, current)
+		_, err2 := s.downloadOnce(ctx, desc, open, f)
 		if err2 == nil {
 			return nil
 		}
@@ -194,7 +199,7 @@ func (s *LocalStore) download(ctx context.Context, desc Descriptor, open OpenFun
 
 // downloadOnce resumes or starts the ingest and fills it. resumed reports
 // whether it continued from data already on disk.
-func (s *LocalStore) downloadOnce(ctx context.Context, desc Descriptor, open OpenFunc, current *atomic.Int64) (resumed bool, err error) {
+func (s *LocalStore) downloadOnce(ctx context.Context, desc Descriptor, open OpenFunc, f *flight) (resumed bool, err error) {
 	w, err := OpenWriter(ctx, s, desc.Digest.String(), desc)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		return false, nil
@@ -205,9 +210,12 @@ func (s *LocalStore) downloadOnce(ctx context.Context, desc Descriptor, open Ope
 
 	offset := w.Status().Offset
 	resumed = offset > 0
-	current.Store(offset)
+	f.current.Store(offset)
+	if lw, ok := w.(*localWriter); ok {
+		f.tail.start(lw.f.Name(), offset)
+	}
 	if offset < desc.Size {
-		if err := s.copyFrom(ctx, w, desc, open, offset, current); err != nil {
+		if err := s.copyFrom(ctx, w, desc, open, offset, f); err != nil {
 			return resumed, err
 		}
 	}
@@ -219,7 +227,7 @@ func (s *LocalStore) downloadOnce(ctx context.Context, desc Descriptor, open Ope
 }
 
 // copyFrom opens the blob at offset and appends what it reads to w.
-func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, open OpenFunc, offset int64, current *atomic.Int64) error {
+func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, open OpenFunc, offset int64, f *flight) error {
 	rc, start, err := open(ctx, offset)
 	if err != nil {
 		return fmt.Errorf("blob %s: open at offset %d: %w", desc.Digest, offset, err)
@@ -243,7 +251,10 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 		if err := w.Truncate(0); err != nil {
 			return err
 		}
-		current.Store(0)
+		f.current.Store(0)
+		if err := f.tail.publish(ctx, nil, 0); err != nil {
+			return fmt.Errorf("blob %s: %w", desc.Digest, err)
+		}
 	}
 	// What arrives is written at once (a stalled connection keeps what it
 	// delivered, and progress moves), but in whole aligned blocks, so that
@@ -266,7 +277,10 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 			if _, err := w.Write(buf[:k]); err != nil {
 				return fmt.Errorf("blob %s: %w", desc.Digest, err)
 			}
-			current.Add(int64(k))
+			if err := f.tail.publish(ctx, buf[:k], pos); err != nil {
+				return fmt.Errorf("blob %s: %w", desc.Digest, err)
+			}
+			f.current.Add(int64(k))
 			pos += int64(k)
 			have = copy(buf, buf[k:have])
 		}

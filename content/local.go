@@ -68,8 +68,11 @@ type LocalStore struct {
 	// see Fetch.
 	mu      sync.Mutex
 	flights map[digest.Digest]*flight
-	closed  bool
-	wg      sync.WaitGroup
+	// flightsChanged is closed and replaced whenever a flight starts or
+	// ends, for Follow to wait on.
+	flightsChanged chan struct{}
+	closed         bool
+	wg             sync.WaitGroup
 }
 
 // NewStore opens (creating if needed) a LocalStore at root.
@@ -86,7 +89,7 @@ func NewStore(root string) (*LocalStore, error) {
 			return nil, fmt.Errorf("content store: %w", err)
 		}
 	}
-	return &LocalStore{root: root, flights: map[digest.Digest]*flight{}}, nil
+	return &LocalStore{root: root, flights: map[digest.Digest]*flight{}, flightsChanged: make(chan struct{})}, nil
 }
 
 // Root is the directory the store lives in.
@@ -102,9 +105,16 @@ func (s *LocalStore) Close() error {
 		f.cancel()
 		delete(s.flights, d)
 	}
+	s.flightsMoved()
 	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
+}
+
+// flightsMoved wakes the Follow calls waiting for a flight; mu held.
+func (s *LocalStore) flightsMoved() {
+	close(s.flightsChanged)
+	s.flightsChanged = make(chan struct{})
 }
 
 // validateDigest accepts only digests that are safe to turn into a path
