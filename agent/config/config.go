@@ -53,6 +53,7 @@ type Runtime struct {
 
 type Images struct {
 	MaxConcurrentDownloads int      `toml:"max_concurrent_downloads"`
+	MaxConcurrentUnpacks   int      `toml:"max_concurrent_unpacks"`
 	IngestExpiry           Duration `toml:"ingest_expiry"`
 }
 
@@ -176,6 +177,10 @@ warm_shims = 1
 [images]
 # max_concurrent_downloads bounds the layers one pull downloads at once.
 max_concurrent_downloads = 3
+# max_concurrent_unpacks bounds the layers one pull decompresses and writes
+# at once; layers unpack side by side as they arrive. 0 is the number of
+# CPUs, at most 4.
+max_concurrent_unpacks = 0
 # ingest_expiry is how long an interrupted download (a killed pull, a
 # dropped connection) is kept so the next pull resumes it with a Range
 # request; garbage collection removes older ones. 'berthctl system prune'
@@ -283,6 +288,9 @@ func (c *Config) Validate() error {
 	}
 	if n := c.Runtime.WarmShims; n < 0 || n > 16 {
 		return fmt.Errorf("runtime.warm_shims %d: use 0 to 16: %w", n, errdefs.ErrInvalidArgument)
+	}
+	if n := c.Images.MaxConcurrentUnpacks; n < 0 || n > 64 {
+		return fmt.Errorf("images.max_concurrent_unpacks %d: use 0 (the number of CPUs) to 64: %w", n, errdefs.ErrInvalidArgument)
 	}
 	if n := c.Images.MaxConcurrentDownloads; n < 1 || n > 64 {
 		return fmt.Errorf("images.max_concurrent_downloads %d: use 1 to 64: %w", n, errdefs.ErrInvalidArgument)

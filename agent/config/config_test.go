@@ -83,6 +83,7 @@ func TestValidate(t *testing.T) {
 		"tcp no tls":    func(c *Config) { c.TCP.Address = "127.0.0.1:2376" },
 		"snapshotter":   func(c *Config) { c.Snapshotter = "zfs" },
 		"downloads":     func(c *Config) { c.Images.MaxConcurrentDownloads = 0 },
+		"unpacks":       func(c *Config) { c.Images.MaxConcurrentUnpacks = -1 },
 		"warm shims":    func(c *Config) { c.Runtime.WarmShims = -1 },
 		"ingest expiry": func(c *Config) { c.Images.IngestExpiry.Duration = 0 },
 		"mirror scheme": func(c *Config) {

@@ -137,7 +137,7 @@ func (s *Service) Commit(ctx context.Context, opts CommitOptions) (*berthv1.Imag
 	// on the base chain as a pull would, so the layer and the snapshot
 	// cannot disagree.
 	chain := chainIDs(cfg.RootFS.DiffIDs)
-	if _, err := s.unpack(ctx, l, layerDesc, diffID, chain[len(chain)-1], base.GetChainId()); err != nil {
+	if _, err := s.unpack(ctx, l, layerUnpack{desc: layerDesc, diffID: diffID, chainID: chain[len(chain)-1], parent: base.GetChainId()}); err != nil {
 		return nil, fmt.Errorf("commit: unpack the new layer: %w", err)
 	}
 	if err := s.syncSnapshots(ctx); err != nil {

@@ -100,13 +100,28 @@ func TestChainIDs(t *testing.T) {
 // newTestService builds a Service over real stores in a temporary dir.
 func newTestService(t *testing.T) (*Service, context.Context) {
 	t.Helper()
+	return newTestServiceOn(t, false)
+}
+
+// newTestServiceOn is newTestService, on the overlay snapshotter if
+// overlay is set (root only).
+func newTestServiceOn(t *testing.T, overlay bool) (*Service, context.Context) {
+	t.Helper()
 	dir := t.TempDir()
 	cs, err := content.NewStore(filepath.Join(dir, "content"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cs.Close() })
-	sn, err := snapshotter.NewNative(filepath.Join(dir, "snapshots"))
+	var sn snapshotter.Snapshotter
+	if overlay {
+		if err := snapshotter.Supported(dir); err != nil {
+			t.Skipf("overlay: %v", err)
+		}
+		sn, err = snapshotter.NewOverlay(filepath.Join(dir, "snapshots"))
+	} else {
+		sn, err = snapshotter.NewNative(filepath.Join(dir, "snapshots"))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -389,8 +389,8 @@ func progressOf(d ocispec.Descriptor, st berthv1.ProgressStatus, current, total 
 const firstLayerHeadStart = 250 * time.Millisecond
 
 // fetchAndUnpack downloads the layers in parallel (bounded) and unpacks
-// them in order on this goroutine, each as soon as it has arrived, then
-// flushes them all at once. It reports whether anything was downloaded or
+// them in parallel (bounded), each as soon as it has arrived, then flushes
+// them all at once. It reports whether anything was downloaded or
 // unpacked.
 func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, layers []ocispec.Descriptor, diffIDs []digest.Digest, progress func(*berthv1.Progress)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -474,6 +474,9 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 			if err == nil && !exists[i] {
 				progress(progressOf(d, berthv1.ProgressStatus_PROGRESS_STATUS_VERIFYING, d.Size, d.Size))
 				progress(progressOf(d, berthv1.ProgressStatus_PROGRESS_STATUS_DOWNLOAD_COMPLETE, d.Size, d.Size))
+				// The unpack follows the download; what it has left is
+				// the extraction.
+				progress(progressOf(d, berthv1.ProgressStatus_PROGRESS_STATUS_EXTRACTING, 0, d.Size))
 			}
 			if err != nil {
 				err = fmt.Errorf("layer %s: %w", d.Digest, err)
@@ -498,47 +501,64 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 	stopFlusher := sync.OnceFunc(func() { close(kick); <-flushed })
 	defer stopFlusher()
 
-	var firstErr error
-	received := make([]bool, n)
-	parent := ""
+	// Each layer unpacks as it arrives, side by side with the others (see
+	// unpack), at most MaxConcurrentUnpacks at a time. ready[i] is closed
+	// once chain[i] is committed. Results are taken in layer order, so a
+	// failure cancels only the layers above the first one that failed:
+	// those below finish, and what they fetched stays for a retry.
+	cpu := make(chan struct{}, s.opts.MaxConcurrentUnpacks)
+	acquire := func(ctx context.Context) (func(), error) {
+		select {
+		case cpu <- struct{}{}:
+			return func() { <-cpu }, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	ready := make([]chan struct{}, n)
+	results := make([]chan error, n)
+	for i := range layers {
+		ready[i] = make(chan struct{})
+		results[i] = make(chan error, 1)
+		if exists[i] {
+			close(ready[i])
+			progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_ALREADY_EXISTS, 0, 0))
+		}
+	}
+	var uwg sync.WaitGroup
 	for i := range layers {
 		if exists[i] {
-			progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_ALREADY_EXISTS, 0, 0))
-			parent = chain[i]
 			continue
 		}
-		err := <-done[i]
-		received[i] = true
-		if err != nil {
+		uwg.Add(1)
+		go func(i int) {
+			defer uwg.Done()
+			results[i] <- s.pullLayer(ctx, l, layerUnpack{desc: layers[i], diffID: diffIDs[i], chainID: chain[i], cpu: acquire},
+				i, chain, ready, done[i], &changed, kick, progress)
+		}(i)
+	}
+	var firstErr error
+	for i := range layers {
+		if exists[i] {
+			// The blobs of layers whose snapshot exists are fetched too
+			// (push and save need them); they are waited for below.
+			continue
+		}
+		if err := <-results[i]; err != nil {
 			firstErr = err
 			break
 		}
-		progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_EXTRACTING, 0, layers[i].Size))
-		did, err := s.unpack(ctx, l, layers[i], diffIDs[i], chain[i], parent)
-		if err != nil {
-			firstErr = err
-			break
-		}
-		if did {
-			changed.Store(true)
-			select {
-			case kick <- struct{}{}:
-			default: // a flush is pending already; it will cover this layer
-			}
-		}
-		progress(progressOf(layers[i], berthv1.ProgressStatus_PROGRESS_STATUS_PULL_COMPLETE, layers[i].Size, layers[i].Size))
-		parent = chain[i]
 	}
 	if firstErr != nil {
 		cancel()
 	}
+	uwg.Wait()
 	wg.Wait()
 	for i := range layers {
-		if received[i] {
-			continue
-		}
-		if err := <-done[i]; err != nil && firstErr == nil {
-			firstErr = err
+		if exists[i] {
+			if err := <-done[i]; err != nil && firstErr == nil {
+				firstErr = err
+			}
 		}
 	}
 	stopFlusher()
@@ -548,6 +568,49 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		firstErr = s.syncSnapshots(ctx)
 	}
 	return changed.Load(), firstErr
+}
+
+// pullLayer unpacks layer i of a pull as it downloads (done yields the
+// download's result) and reports its progress; the layer below is
+// chain[i-1], committed once ready[i-1] is closed.
+func (s *Service) pullLayer(ctx context.Context, l *lease, u layerUnpack, i int, chain []string, ready []chan struct{},
+	done <-chan error, changed *atomic.Bool, kick chan<- struct{}, progress func(*berthv1.Progress)) error {
+	u.fetched = sync.OnceValue(func() error {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	if i > 0 {
+		u.parent, u.parentReady = chain[i-1], ready[i-1]
+	}
+	// The layer is read while it downloads, not read back from the disk
+	// once it is complete.
+	stream, err := s.opts.Content.Follow(ctx, u.desc)
+	if err != nil {
+		return err
+	}
+	u.stream = stream
+	did, err := s.unpack(ctx, l, u)
+	stream.Close() // before waiting for the download, which it may hold back
+	if err == nil {
+		err = u.fetched()
+	}
+	if err != nil {
+		return err
+	}
+	if did {
+		changed.Store(true)
+		select {
+		case kick <- struct{}{}:
+		default: // a flush is pending already; it will cover this layer
+		}
+	}
+	progress(progressOf(u.desc, berthv1.ProgressStatus_PROGRESS_STATUS_PULL_COMPLETE, u.desc.Size, u.desc.Size))
+	close(ready[i])
+	return nil
 }
 
 // imageRecord builds the record of a pulled or loaded image.

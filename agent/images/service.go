@@ -23,6 +23,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -44,6 +45,9 @@ type Options struct {
 	// MaxConcurrentDownloads bounds parallel layer downloads per pull
 	// (default 3, as Docker's).
 	MaxConcurrentDownloads int
+	// MaxConcurrentUnpacks bounds the layers one pull decompresses and
+	// writes at once (default: the number of CPUs, at most 4).
+	MaxConcurrentUnpacks int
 	// IngestExpiry is how long an unfinished download is kept for a resume
 	// before garbage collection removes it (default 1h).
 	IngestExpiry time.Duration
@@ -79,6 +83,9 @@ func New(opts Options) (*Service, error) {
 	}
 	if opts.MaxConcurrentDownloads <= 0 {
 		opts.MaxConcurrentDownloads = 3
+	}
+	if opts.MaxConcurrentUnpacks <= 0 {
+		opts.MaxConcurrentUnpacks = min(runtime.NumCPU(), 4)
 	}
 	if opts.IngestExpiry <= 0 {
 		opts.IngestExpiry = time.Hour

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/berth-dev/berth/content"
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/snapshotter"
 	"github.com/berth-dev/berth/snapshotter/layer"
@@ -25,15 +26,58 @@ const extractPrefix = "extract-"
 
 func sortStrings(s []string) { sort.Strings(s) }
 
-// unpack makes the committed snapshot chainID exist: it prepares a
-// temporary Active snapshot on parent, applies the layer blob into it with
-// the expected diff ID, and commits it under the chain ID, without a flush
+// layerUnpack is one layer to unpack into the snapshot chainID.
+type layerUnpack struct {
+	desc    ocispec.Descriptor
+	diffID  digest.Digest
+	chainID string
+	// parent is the chain ID of the layer below, "" for a base layer.
+	parent string
+	// parentReady, when set, is closed once parent is committed; nil
+	// means it is already.
+	parentReady <-chan struct{}
+	// cpu, when set, bounds the layers applied at once: it is held while
+	// the layer is decompressed and written, never while waiting.
+	cpu func(context.Context) (release func(), err error)
+	// stream, when set, is the layer blob while it downloads (see
+	// content.LocalStore.Follow), for the first attempt to read; a second
+	// attempt reads the stored blob.
+	stream io.ReadCloser
+	// fetched, when set, waits for the download of the blob and returns
+	// its result: the layer is committed only after it succeeded.
+	fetched func() error
+}
+
+// open returns the layer's bytes: the stream the first time, if there is
+// one, then the stored blob.
+func (s *Service) openUnpack(ctx context.Context, u *layerUnpack) (io.ReadCloser, error) {
+	if r := u.stream; r != nil {
+		u.stream = nil
+		return r, nil
+	}
+	return s.openLayer(ctx, u.desc)
+}
+
+// unpack makes the committed snapshot u.chainID exist: it prepares a
+// temporary Active snapshot, applies the layer blob into it with the
+// expected diff ID, and commits it under the chain ID, without a flush
 // when the snapshotter can defer it: the caller runs syncSnapshots before
-// it relies on the snapshot. It reports
-// whether it unpacked (false when the snapshot appeared meanwhile).
-func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor, diffID digest.Digest, chainID, parent string) (bool, error) {
+// it relies on the snapshot. It reports whether it unpacked (false when
+// the snapshot appeared meanwhile).
+//
+// When the parent is not committed yet and the snapshotter is a Rebaser
+// (overlay), the layer does not wait for it: it is applied into a base
+// snapshot at once, and once the parent is committed, the directories the
+// layer left implicit get the lower layers' metadata and the snapshot is
+// committed onto the parent. So the layers of a pull unpack side by side,
+// as fast as they arrive, and the result is the same as one after the
+// other. Otherwise the layer waits for its parent first.
+func (s *Service) unpack(ctx context.Context, l *lease, u layerUnpack) (bool, error) {
+	desc, chainID, parent := u.desc, u.chainID, u.parent
 	s.addSnapshot(l, chainID)
-	// One unpack per chain ID in this process; others wait for it.
+	// One unpack per chain ID in this process; others wait for it. A
+	// layer holding its lock waits only for layers below it, whose locks
+	// are other chain IDs of lower depth: no cycle.
 	for {
 		s.unpackMu.Lock()
 		ch, busy := s.unpacking[chainID]
@@ -59,33 +103,100 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 	if _, err := s.opts.Snapshots.Stat(ctx, chainID); err == nil {
 		return false, nil
 	}
+	waitParent := func() error {
+		if u.parentReady == nil {
+			return nil
+		}
+		select {
+		case <-u.parentReady:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	rb, canRebase := s.opts.Snapshots.(snapshotter.Rebaser)
+	early := canRebase && parent != "" && u.parentReady != nil && !closed(u.parentReady)
+	if !early {
+		if err := waitParent(); err != nil {
+			return false, err
+		}
+	}
+	release := func() {}
+	if u.cpu != nil {
+		var err error
+		if release, err = u.cpu(ctx); err != nil {
+			return false, err
+		}
+	}
 	var rnd [6]byte
 	rand.Read(rnd[:])
 	key := extractPrefix + hex.EncodeToString(rnd[:]) + "-" + chainID
 	s.addSnapshot(l, key)
-	err := s.apply(ctx, key, parent, desc, diffID, false)
-	if err != nil && errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrDataLoss) {
+	var err error
+	if early {
+		var implicit []string
+		implicit, err = s.applyDeferred(ctx, key, &u)
+		release()
+		if err == nil {
+			err = waitParent()
+		}
+		if err == nil {
+			err = s.resolveImplicit(ctx, rb, key, parent, implicit)
+		}
+	} else {
+		err = s.apply(ctx, key, parent, &u, false)
+		release()
+	}
+	if err == nil && u.fetched != nil {
+		if ferr := u.fetched(); ferr != nil {
+			err = &content.DownloadError{Err: ferr}
+		}
+	}
+	// A failed download is the download's error, not the layer's.
+	var failedDownload *content.DownloadError
+	isDownload := errors.As(err, &failedDownload)
+	based := early // key has no parent: it is committed onto parent
+	if err != nil && !isDownload && errors.Is(err, errdefs.ErrFailedPrecondition) && !errors.Is(err, errdefs.ErrDataLoss) {
 		// A path through a symlink of a lower layer cannot be written
 		// straight into the upper dir: apply through the mounted overlay.
 		s.log.Debug("applying through a mounted overlay", "layer", desc.Digest, "reason", err)
 		if rmErr := s.opts.Snapshots.Remove(context.WithoutCancel(ctx), key); rmErr != nil {
 			return false, fmt.Errorf("layer %s: remove snapshot %s: %w", desc.Digest, key, rmErr)
 		}
-		err = s.apply(ctx, key, parent, desc, diffID, true)
+		based = false
+		err = nil
+		if u.fetched != nil {
+			// The stored blob is read again: it must be complete.
+			if ferr := u.fetched(); ferr != nil {
+				err = &content.DownloadError{Err: ferr}
+				isDownload = errors.As(err, &failedDownload)
+			}
+		}
+		if err == nil {
+			err = s.apply(ctx, key, parent, &u, true)
+		}
 	}
 	if err != nil {
 		if rmErr := s.opts.Snapshots.Remove(context.WithoutCancel(ctx), key); rmErr != nil && !errdefs.IsNotFound(rmErr) {
 			s.log.Warn("remove failed unpack", "key", key, "error", rmErr)
 		}
+		if isDownload {
+			err = failedDownload.Err
+		}
 		return false, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	commit := s.opts.Snapshots.Commit
-	if ds, ok := s.opts.Snapshots.(snapshotter.DeferredSyncer); ok {
-		// One flush for the whole pull, in syncSnapshots, instead of one
-		// per layer.
-		commit = ds.CommitUnsynced
+	// One flush for the whole pull, in syncSnapshots, instead of one per
+	// layer, where the snapshotter can defer it.
+	ds, deferSync := s.opts.Snapshots.(snapshotter.DeferredSyncer)
+	switch {
+	case based:
+		err = rb.CommitOnto(ctx, chainID, key, parent, !deferSync)
+	case deferSync:
+		err = ds.CommitUnsynced(ctx, chainID, key)
+	default:
+		err = s.opts.Snapshots.Commit(ctx, chainID, key)
 	}
-	if err := commit(ctx, chainID, key); err != nil {
+	if err != nil {
 		s.opts.Snapshots.Remove(context.WithoutCancel(ctx), key)
 		if errdefs.IsAlreadyExists(err) {
 			// Another berthd client (or process) committed the same
@@ -95,6 +206,54 @@ func (s *Service) unpack(ctx context.Context, l *lease, desc ocispec.Descriptor,
 		return false, fmt.Errorf("layer %s: commit snapshot %s: %w", desc.Digest, chainID, err)
 	}
 	return true, nil
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// applyDeferred prepares key as a base snapshot and extracts the layer
+// into it before its lower layers exist (see layer.WithDeferredParents).
+// It returns the directories the layer left implicit.
+func (s *Service) applyDeferred(ctx context.Context, key string, u *layerUnpack) ([]string, error) {
+	desc := u.desc
+	if _, err := s.opts.Snapshots.Prepare(ctx, key, ""); err != nil {
+		return nil, fmt.Errorf("prepare snapshot: %w", err)
+	}
+	dir, err := snapshotter.WritableDir(ctx, s.opts.Snapshots, key)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.openUnpack(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	res, err := layer.Apply(ctx, dir, r, layer.WithExpectedDiffID(u.diffID), layer.WithMediaType(desc.MediaType), layer.WithLogger(s.log),
+		layer.WithWhiteoutMode(layer.WhiteoutOverlay), layer.WithDeferredParents())
+	return res.Implicit, err
+}
+
+// resolveImplicit completes a layer applied by applyDeferred once its
+// parent is committed.
+func (s *Service) resolveImplicit(ctx context.Context, rb snapshotter.Rebaser, key, parent string, implicit []string) error {
+	if len(implicit) == 0 {
+		return nil
+	}
+	lowers, err := rb.LowerDirs(ctx, parent)
+	if err != nil {
+		return err
+	}
+	dir, err := snapshotter.WritableDir(ctx, s.opts.Snapshots, key)
+	if err != nil {
+		return err
+	}
+	return layer.ResolveImplicit(dir, implicit, lowers)
 }
 
 // syncSnapshots makes the snapshots unpacked so far durable (see
@@ -115,17 +274,18 @@ func (s *Service) syncSnapshots(ctx context.Context) error {
 // snapshots get the layer written straight into their upper dir with
 // overlay whiteouts; native ones a full copy with whiteouts deleted;
 // viaMount mounts the snapshot and applies through the mount.
-func (s *Service) apply(ctx context.Context, key, parent string, desc ocispec.Descriptor, diffID digest.Digest, viaMount bool) error {
+func (s *Service) apply(ctx context.Context, key, parent string, u *layerUnpack, viaMount bool) error {
+	desc := u.desc
 	mounts, err := s.opts.Snapshots.Prepare(ctx, key, parent)
 	if err != nil {
 		return fmt.Errorf("prepare snapshot on %q: %w", parent, err)
 	}
-	r, err := s.openLayer(ctx, desc)
+	r, err := s.openUnpack(ctx, u)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	opts := []layer.Option{layer.WithExpectedDiffID(diffID), layer.WithMediaType(desc.MediaType), layer.WithLogger(s.log)}
+	opts := []layer.Option{layer.WithExpectedDiffID(u.diffID), layer.WithMediaType(desc.MediaType), layer.WithLogger(s.log)}
 	_, overlay := s.opts.Snapshots.(*snapshotter.Overlay)
 	if viaMount {
 		dir, err := os.MkdirTemp(s.opts.TempDir, "berth-unpack-")
