@@ -141,6 +141,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	imgs, err := images.New(images.Options{
 		Content: cs, Snapshots: sn, DB: db, Hosts: hosts, Log: log,
 		MaxConcurrentDownloads: cfg.Images.MaxConcurrentDownloads,
+		MaxConcurrentUnpacks:   cfg.Images.MaxConcurrentUnpacks,
 		IngestExpiry:           cfg.Images.IngestExpiry.Duration,
 		TempDir:                cfg.State,
 	})
@@ -229,6 +230,8 @@ func (a *Agent) serveDebug() {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	a.debug = &http.Server{Handler: mux}
 	go a.debug.Serve(l)
 }
