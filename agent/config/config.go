@@ -178,8 +178,8 @@ warm_shims = 1
 # max_concurrent_downloads bounds the layers one pull downloads at once.
 max_concurrent_downloads = 3
 # max_concurrent_unpacks bounds the layers one pull decompresses and writes
-# at once; layers unpack side by side as they arrive. 0 is the number of
-# CPUs, at most 4.
+# at once; layers unpack side by side as they arrive. 0 is one more than
+# the number of CPUs, at most 4.
 max_concurrent_unpacks = 0
 # ingest_expiry is how long an interrupted download (a killed pull, a
 # dropped connection) is kept so the next pull resumes it with a Range
@@ -290,7 +290,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("runtime.warm_shims %d: use 0 to 16: %w", n, errdefs.ErrInvalidArgument)
 	}
 	if n := c.Images.MaxConcurrentUnpacks; n < 0 || n > 64 {
-		return fmt.Errorf("images.max_concurrent_unpacks %d: use 0 (the number of CPUs) to 64: %w", n, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("images.max_concurrent_unpacks %d: use 0 (the default) to 64: %w", n, errdefs.ErrInvalidArgument)
 	}
 	if n := c.Images.MaxConcurrentDownloads; n < 1 || n > 64 {
 		return fmt.Errorf("images.max_concurrent_downloads %d: use 1 to 64: %w", n, errdefs.ErrInvalidArgument)

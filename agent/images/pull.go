@@ -19,6 +19,7 @@ import (
 
 	"github.com/berth-dev/berth/errdefs"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
+	"github.com/berth-dev/berth/snapshotter"
 )
 
 // PullOptions configures Pull.
@@ -422,16 +423,22 @@ func (s *Service) fetchAndUnpack(ctx context.Context, l *lease, rc *repoClient, 
 		turn[i] = make(chan struct{})
 	}
 	close(turn[0])
-	// The first layer to unpack gets a head start: the next downloads wait
+	// Where layers unpack one after the other (the native snapshotter),
+	// the first layer to unpack gets a head start: the next downloads wait
 	// until it is complete, or for firstLayerHeadStart at most, so that
 	// they do not share the link and the CPU with it while the unpack
-	// waits for nothing else.
+	// waits for nothing else. On overlay every layer unpacks as it
+	// arrives, so none waits.
 	first := -1
 	for i := range layers {
 		if !exists[i] {
 			first = i
 			break
 		}
+	}
+	if _, ok := s.opts.Snapshots.(snapshotter.Rebaser); ok {
+		// Every layer unpacks as it arrives, none waits for the first.
+		first = -1
 	}
 	var wg sync.WaitGroup
 	for i := range layers {

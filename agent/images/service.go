@@ -46,7 +46,8 @@ type Options struct {
 	// (default 3, as Docker's).
 	MaxConcurrentDownloads int
 	// MaxConcurrentUnpacks bounds the layers one pull decompresses and
-	// writes at once (default: the number of CPUs, at most 4).
+	// writes at once (default: one more than the number of CPUs, at most
+	// 4: an unpack waits for the disk and the download part of the time).
 	MaxConcurrentUnpacks int
 	// IngestExpiry is how long an unfinished download is kept for a resume
 	// before garbage collection removes it (default 1h).
@@ -85,7 +86,7 @@ func New(opts Options) (*Service, error) {
 		opts.MaxConcurrentDownloads = 3
 	}
 	if opts.MaxConcurrentUnpacks <= 0 {
-		opts.MaxConcurrentUnpacks = min(runtime.NumCPU(), 4)
+		opts.MaxConcurrentUnpacks = min(runtime.NumCPU()+1, 4)
 	}
 	if opts.IngestExpiry <= 0 {
 		opts.IngestExpiry = time.Hour
