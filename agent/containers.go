@@ -283,18 +283,23 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	if err := a.db.Containers().Delete(ctx, id); err != nil {
 		return err
 	}
-	a.detachNetworkAlongside(ctx, ns, id, func() {
-		if _, err := a.runtime.Get(ns, id); err == nil {
-			if _, err := a.runtime.Delete(ctx, ns, id, true); err != nil {
-				a.log.Warn("delete the task of a removed container", "container", id, "err", err)
-			}
+	// The network is released in the background, alongside the rest:
+	// the container is gone for good, and CNI DEL is two plugin execs the
+	// caller need not wait for. The record of the attachment stays until
+	// it is done, so a crash meanwhile is repaired at the next start.
+	if err := a.network.DetachAsync(ns, id); err != nil {
+		a.log.Warn("release the network of a removed container", "container", id, "err", err)
+	}
+	if _, err := a.runtime.Get(ns, id); err == nil {
+		if _, err := a.runtime.Delete(ctx, ns, id, true); err != nil {
+			a.log.Warn("delete the task of a removed container", "container", id, "err", err)
 		}
-		if c.GetSnapshotKey() != "" {
-			if err := a.snapshots.Remove(ctx, c.GetSnapshotKey()); err != nil && !errdefs.IsNotFound(err) {
-				a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
-			}
+	}
+	if c.GetSnapshotKey() != "" {
+		if err := a.snapshots.Remove(ctx, c.GetSnapshotKey()); err != nil && !errdefs.IsNotFound(err) {
+			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
 		}
-	})
+	}
 	if err := os.RemoveAll(filepath.Dir(a.logPath(ns, id))); err != nil {
 		a.log.Warn("remove the logs of a removed container", "container", id, "err", err)
 	}

@@ -66,22 +66,6 @@ func (a *Agent) detachNetwork(ctx context.Context, ns, id string) {
 	}
 }
 
-// detachNetworkAlongside releases a container's network on a goroutine of
-// its own while fn runs, and returns once both are done: CNI DEL is two
-// plugin execs, which need not wait for the rest of a removal. Only for a
-// container that goes for good whatever fn does (removeContainer): where
-// a failed task delete must keep the network (DeleteTask), detach after
-// it instead.
-func (a *Agent) detachNetworkAlongside(ctx context.Context, ns, id string, fn func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		a.detachNetwork(ctx, ns, id)
-	}()
-	fn()
-	<-done
-}
-
 // withNetwork puts an attachment into a generated spec: the namespace to
 // join and the bind mounts of /etc/hosts, /etc/hostname and
 // /etc/resolv.conf (Docker's rbind, rprivate; read-only with a read-only

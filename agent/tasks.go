@@ -839,5 +839,8 @@ func (a *Agent) recoverTasks(ctx context.Context) {
 	if err := a.network.Recover(ctx, a.networkLive); err != nil {
 		a.log.Warn("network recovery left something behind; it is retried at the next start", "error", err)
 	}
+	if a.cfg.Network.WarmAttachments > 0 {
+		a.network.KeepWarm()
+	}
 	a.restarts.atStart(ctx)
 }

@@ -115,7 +115,7 @@ func daemonFootprint(t *testing.T, d *daemon) string {
 			b.WriteString("snapshot " + e.Name() + "\n")
 		}
 	}
-	for _, m := range append(mountsUnder(d.root), mountsUnder(d.state)...) {
+	for _, m := range append(mountsUnder(d.root), containerMountsUnder(d.state)...) {
 		b.WriteString("mount " + m + "\n")
 	}
 	return b.String()
@@ -158,7 +158,13 @@ func TestCLIBadInputLeavesNothing(t *testing.T) {
 					d.ctl("rm", "-f", id)
 				}
 			}
-			if after := daemonFootprint(t, d); after != before {
+			// rm releases the network in the background: give it a moment.
+			after := daemonFootprint(t, d)
+			for deadline := time.Now().Add(5 * time.Second); after != before && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+				after = daemonFootprint(t, d)
+			}
+			if after != before {
 				t.Errorf("left behind:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
 		})
@@ -180,8 +186,23 @@ func TestCLIRunRmReturnsAfterRemoval(t *testing.T) {
 		if logs, _ := os.ReadDir(filepath.Join(r.d.root, "containers", "default")); len(logs) != 0 {
 			t.Fatalf("round %d: log dirs left after run --rm returned: %v", i, logs)
 		}
-		if m := mountsUnder(r.d.state); len(m) != 0 {
-			t.Fatalf("round %d: mounts left after run --rm returned: %v", i, m)
+		// The rootfs is unmounted before run returns; the network is
+		// released in the background (CNI DEL), its namespace soon after.
+		var netns []string
+		for _, m := range containerMountsUnder(r.d.state) {
+			if strings.Contains(m, "/net/netns/") {
+				netns = append(netns, m)
+			} else {
+				t.Fatalf("round %d: mounted after run --rm returned: %s", i, m)
+			}
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for len(netns) > 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			netns = containerMountsUnder(filepath.Join(r.d.state, "net"))
+		}
+		if len(netns) > 0 {
+			t.Fatalf("round %d: network namespaces left after run --rm: %v", i, netns)
 		}
 	}
 }

@@ -145,6 +145,23 @@ func shimsMentioning(s string) []int {
 }
 
 // mountsUnder lists mount points below dir, deepest first.
+// warmMount reports whether a mount point is the namespace of berthd's
+// warm network attachment ([network] warm_attachments), which stands
+// ready while berthd runs and belongs to no container.
+func warmMount(p string) bool { return strings.Contains(p, "/net/netns/_warm/") }
+
+// containerMountsUnder is mountsUnder without the warm attachment's
+// namespace: what containers left.
+func containerMountsUnder(dir string) []string {
+	var out []string
+	for _, m := range mountsUnder(dir) {
+		if !warmMount(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 func mountsUnder(dir string) []string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {

@@ -84,7 +84,7 @@ func TestDeadShimIsCleanedUpOnRestart(t *testing.T) {
 	if got.Container.Status.ExitCode != 9 {
 		t.Errorf("exit code after the shim died: %+v, want the recorded 9", got.Container.Status)
 	}
-	if m := mountsUnder(r.d.state); len(m) != 0 {
+	if m := containerMountsUnder(r.d.state); len(m) != 0 {
 		t.Errorf("rootfs still mounted: %v", m)
 	}
 	if dirs := cgroupDirs(r.cgParent + "/" + c.Id); len(dirs) != 0 {

@@ -253,7 +253,7 @@ func TestCommandNotFoundLeavesNothing(t *testing.T) {
 	if p := processesMentioning(r.d.state); len(p) != 0 {
 		t.Errorf("processes left: %v", p)
 	}
-	if m := mountsUnder(r.d.state); len(m) != 0 {
+	if m := containerMountsUnder(r.d.state); len(m) != 0 {
 		t.Errorf("mounts left: %v", m)
 	}
 	if dirs := cgroupDirs(r.cgParent + "/" + c.Id); len(dirs) != 0 {
@@ -312,7 +312,7 @@ func TestAutoRemoveDeletesAfterExit(t *testing.T) {
 	// The record goes first (crash safety); the task's teardown follows
 	// at once.
 	for {
-		m, p := mountsUnder(r.d.state), processesMentioning(r.d.state)
+		m, p := containerMountsUnder(r.d.state), processesMentioning(r.d.state)
 		if len(m) == 0 && len(p) == 0 {
 			break
 		}

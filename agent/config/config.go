@@ -74,6 +74,9 @@ type Network struct {
 	SubnetPool    string   `toml:"subnet_pool"`
 	FallbackDNS   []string `toml:"fallback_dns"`
 	MTU           int      `toml:"mtu"`
+	// WarmAttachments is how many attachments to the default network
+	// berthd keeps made ahead (0 or 1).
+	WarmAttachments int `toml:"warm_attachments"`
 }
 
 // TCP configures the remote listener.
@@ -226,6 +229,12 @@ subnet_pool = "10.89.0.0/16"
 fallback_dns = ["8.8.8.8", "8.8.4.4"]
 # mtu of bridges and container interfaces; 0 keeps the kernel's 1500.
 mtu = 0
+# warm_attachments is how many attachments to the default network berthd
+# keeps made ahead: a namespace with its interface and address, which the
+# next container started there without published ports adopts instead of
+# waiting for CNI ADD (two plugin execs). It holds one address of the
+# network. 0 turns it off; at most 1.
+warm_attachments = 1
 `
 
 // Default returns the default configuration.
@@ -285,6 +294,9 @@ func (c *Config) Validate() error {
 	if c.TCP.Address != "" && !c.TCP.Insecure && (c.TCP.TLSCert == "" || c.TCP.TLSKey == "" || c.TCP.TLSCA == "") {
 		return fmt.Errorf("tcp address %s needs mutual TLS (--tls-cert, --tls-key, --tls-ca or [tcp] tls_cert, tls_key, tls_ca), or plain TCP with --insecure-tcp: %w",
 			c.TCP.Address, errdefs.ErrInvalidArgument)
+	}
+	if n := c.Network.WarmAttachments; n < 0 || n > 1 {
+		return fmt.Errorf("network.warm_attachments %d: use 0 or 1: %w", n, errdefs.ErrInvalidArgument)
 	}
 	if n := c.Runtime.WarmShims; n < 0 || n > 16 {
 		return fmt.Errorf("runtime.warm_shims %d: use 0 to 16: %w", n, errdefs.ErrInvalidArgument)

@@ -85,6 +85,7 @@ func TestValidate(t *testing.T) {
 		"downloads":     func(c *Config) { c.Images.MaxConcurrentDownloads = 0 },
 		"unpacks":       func(c *Config) { c.Images.MaxConcurrentUnpacks = -1 },
 		"warm shims":    func(c *Config) { c.Runtime.WarmShims = -1 },
+		"warm netns":    func(c *Config) { c.Network.WarmAttachments = 2 },
 		"ingest expiry": func(c *Config) { c.Images.IngestExpiry.Duration = 0 },
 		"mirror scheme": func(c *Config) {
 			c.Registry = map[string]RegistryHost{"docker.io": {Mirrors: []string{"127.0.0.1:5000"}}}

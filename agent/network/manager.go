@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -144,6 +145,12 @@ type Manager struct {
 	// rulesDone maps network names to the ID whose iptables rules this
 	// process installed or found.
 	rulesDone map[string]string
+	// warm is the attachment made ahead (see warm.go).
+	warm warmState
+	// leaving holds the attachments DetachAsync is tearing down, closed
+	// when done; guarded by mu. bg owns those goroutines.
+	leaving map[key]chan struct{}
+	bg      sync.WaitGroup
 }
 
 // New opens the manager's state, writes the default network on first
@@ -177,6 +184,7 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 		records:      map[key]*record{},
 		reservations: map[key][]*reservation{},
 		rulesDone:    map[string]string{},
+		leaving:      map[key]chan struct{}{},
 	}
 	for _, d := range []string{cfg.ConfDir, cfg.StateDir, m.netnsDir(), m.recordsDir(), m.filesDir(), m.ipamDir(), m.cacheDir()} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
@@ -207,9 +215,12 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	return m, nil
 }
 
-// Close releases the port reservations. Attachments stay: they belong to
-// containers that outlive berthd.
+// Close tears the warm attachment down and releases the port
+// reservations. Attachments stay: they belong to containers that outlive
+// berthd.
 func (m *Manager) Close() error {
+	m.bg.Wait()
+	m.stopWarm()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, res := range m.reservations {
@@ -373,17 +384,28 @@ func (m *Manager) Begin(ctx context.Context, req AttachRequest) (*Pending, error
 			return nil, err
 		}
 	}
+	// A warm attachment of the default network is adopted as it is (see
+	// warm.go); ports would need ADD to run with them.
+	adopted := r.Network == DefaultNetwork && len(r.Ports) == 0 && m.takeWarm(r, r.ConfList)
 	// The record goes to disk before any resource exists.
-	if err := m.saveRecord(r); err != nil {
-		releasePorts(res)
-		m.mu.Unlock()
-		return nil, err
+	if !adopted {
+		if err := m.saveRecord(r); err != nil {
+			releasePorts(res)
+			m.mu.Unlock()
+			return nil, err
+		}
 	}
 	m.records[k] = r
 	m.reservations[k] = res
 	m.mu.Unlock()
+	if adopted {
+		// Not now: its plugin execs would take CPU and host-local's lock
+		// from this container's start. A container's removal refills it
+		// (teardown), or this timer if none comes.
+		time.AfterFunc(warmRefillDelay, m.refillWarm)
+	}
 
-	p, err := m.begin(ctx, k, r, resolv)
+	p, err := m.begin(ctx, k, r, resolv, adopted)
 	if err != nil {
 		// Teardown must run even if ctx was cancelled.
 		if terr := m.teardown(context.WithoutCancel(ctx), k); terr != nil {
@@ -422,8 +444,8 @@ type Pending struct {
 
 // begin makes the namespace and the files and starts ADD. The record is
 // saved already; on error the caller tears down.
-func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string) (*Pending, error) {
-	if r.NetnsPath != "" {
+func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string, adopted bool) (*Pending, error) {
+	if r.NetnsPath != "" && !adopted {
 		if err := newPinnedNetns(r.NetnsPath); err != nil {
 			return nil, fmt.Errorf("container %s: %w", k.id, err)
 		}
@@ -435,6 +457,11 @@ func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string) (*
 		return nil, err
 	}
 	p := &Pending{Attachment: m.attachmentOf(r), m: m, k: k, r: r, done: make(chan struct{})}
+	if adopted {
+		p.attachments, p.ip = r.Attachments, r.IP // ADD ran when it was made
+		close(p.done)
+		return p, nil
+	}
 	if r.Network == "" {
 		close(p.done) // none and host: nothing to add
 		return p, nil
@@ -630,6 +657,43 @@ func (m *Manager) Detach(ctx context.Context, ns, id string) error {
 	return m.teardown(ctx, key{ns, id})
 }
 
+// DetachAsync is Detach on a goroutine of the Manager's, for a container
+// that is gone for good (removed): its removal need not wait for CNI DEL,
+// two plugin execs. The attachment stops counting as a member of its
+// network at once; RemoveNetwork waits for it to be gone, and Close for
+// every one in flight. A failure is logged; the record stays, so a later
+// Detach or Recover at the next start retries, as after a crash.
+func (m *Manager) DetachAsync(ns, id string) error {
+	if err := identifiers.Validate("namespace", ns); err != nil {
+		return err
+	}
+	if err := identifiers.Validate("container id", id); err != nil {
+		return err
+	}
+	k := key{ns, id}
+	done := make(chan struct{})
+	m.mu.Lock()
+	if _, busy := m.leaving[k]; busy {
+		m.mu.Unlock()
+		return nil
+	}
+	m.leaving[k] = done
+	m.mu.Unlock()
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		err := m.teardown(context.Background(), k)
+		m.mu.Lock()
+		delete(m.leaving, k)
+		m.mu.Unlock()
+		close(done)
+		if err != nil {
+			m.log.Warn("release the network of a removed container; retried at the next start", "namespace", ns, "container", id, "error", err)
+		}
+	}()
+	return nil
+}
+
 func (m *Manager) teardown(ctx context.Context, k key) error {
 	m.mu.Lock()
 	r := m.records[k]
@@ -640,7 +704,11 @@ func (m *Manager) teardown(ctx context.Context, k key) error {
 			return fmt.Errorf("container %s: leave network %q: %w", k.id, r.Network, err)
 		}
 	}
-	if err := unpinNetns(m.netnsPath(k)); err != nil {
+	netns := m.netnsPath(k)
+	if r != nil && r.NetnsPath != "" {
+		netns = r.NetnsPath // an adopted warm attachment's is elsewhere
+	}
+	if err := unpinNetns(netns); err != nil {
 		return fmt.Errorf("container %s: %w", k.id, err)
 	}
 	// The per-namespace directories stay: removing one once empty would
@@ -658,6 +726,9 @@ func (m *Manager) teardown(ctx context.Context, k key) error {
 	delete(m.records, k)
 	if r != nil && r.Done {
 		m.updatePeers(r.Network, k)
+	}
+	if k.ns != warmNS {
+		m.refillWarm() // after the removal, out of the way of a start
 	}
 	return nil
 }
@@ -721,8 +792,10 @@ func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) er
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	known := map[string]bool{}
+	pinned := map[string]bool{}
 	for _, r := range m.records {
 		known[r.CNIID] = true
+		pinned[r.NetnsPath] = true
 	}
 	// Pinned namespaces and files without a record.
 	for _, base := range []string{m.netnsDir(), m.filesDir()} {
@@ -730,10 +803,10 @@ func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) er
 		for _, nd := range nsDirs {
 			entries, _ := os.ReadDir(filepath.Join(base, nd.Name()))
 			for _, e := range entries {
-				if _, ok := m.records[key{nd.Name(), e.Name()}]; ok {
+				p := filepath.Join(base, nd.Name(), e.Name())
+				if _, ok := m.records[key{nd.Name(), e.Name()}]; ok || pinned[p] {
 					continue
 				}
-				p := filepath.Join(base, nd.Name(), e.Name())
 				m.log.Info("removing an orphaned network leftover", "path", p)
 				if base == m.netnsDir() {
 					if err := unpinNetns(p); err != nil {
@@ -743,7 +816,9 @@ func (m *Manager) Recover(ctx context.Context, live func(ns, id string) bool) er
 					os.RemoveAll(p)
 				}
 			}
-			os.Remove(filepath.Join(base, nd.Name()))
+			if nd.Name() != warmNS {
+				os.Remove(filepath.Join(base, nd.Name()))
+			}
 		}
 	}
 	// host-local allocations: <ipam>/<network>/<ip>, first line the
@@ -818,8 +893,8 @@ func (m *Manager) loadRecords() error {
 // namespace and "namespace/name" otherwise. Caller holds mu.
 func (m *Manager) members(network string) []string {
 	var out []string
-	for _, r := range m.records {
-		if r.Network != network {
+	for k, r := range m.records {
+		if _, gone := m.leaving[k]; r.Network != network || r.Namespace == warmNS || gone {
 			continue
 		}
 		n := r.Name

@@ -388,6 +388,27 @@ func (m *Manager) ListNetworks(ctx context.Context) ([]*berthv1.Network, error) 
 func (m *Manager) RemoveNetwork(ctx context.Context, name string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Containers removed a moment ago may still be leaving it.
+	for {
+		var wait chan struct{}
+		for k, done := range m.leaving {
+			if r := m.records[k]; r != nil && r.Network == name {
+				wait = done
+				break
+			}
+		}
+		if wait == nil {
+			break
+		}
+		m.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			m.mu.Lock()
+			return ctx.Err()
+		}
+		m.mu.Lock()
+	}
 	if _, err := m.loadNetwork(name); err != nil {
 		return err
 	}

@@ -175,10 +175,10 @@ func (h *harness) startLatency() ([]Result, error) {
 // only (ctr has no bridge by default): `run --rm busybox /bin/true` on the
 // default bridge and with --network none, alternating. Each sample is
 // timed twice: until run returns (the start a user waits for) and until
-// berthd has also removed the container (--rm removes it after the exit,
-// in the background, where CNI DEL runs). The next sample starts only once
-// the removal is done, so one sample's teardown never lands in another's
-// time.
+// berthd has also removed the container and released its network (--rm
+// removes it after the exit; CNI DEL and the next warm attachment follow
+// in the background). The next sample starts only once all that is done,
+// so one sample's teardown never lands in another's time.
 func (h *harness) networkCost() ([]Result, error) {
 	var b *berth
 	for _, s := range h.systems {

@@ -158,16 +158,20 @@ func (b *berth) runNetwork(id, mode, ref string, args ...string) error {
 	return err
 }
 
-// waitRemoved waits until berthd has no container left: --rm removes a
-// container in the background after run returned, and its log directory,
-// <root>/containers/<ns>/<id>, is the last thing removed. Reading the
-// directory costs no exec, so the wait does not load the machine.
+// waitRemoved waits until berthd has no container left and is done with
+// what removals leave running: --rm removes a container in the background
+// after run returned, and its log directory, <root>/containers/<ns>/<id>,
+// goes last; the network is released after that (CNI DEL), and the warm
+// network attachment made again. So one sample's background work is
+// charged to its own cycle, never to the next sample's start. Reading
+// directories costs no exec, so the wait does not load the machine.
 func (b *berth) waitRemoved(timeout time.Duration) error {
 	dir := filepath.Join(b.dir, "root", "containers", "default")
+	attachments := filepath.Join(b.dir, "state", "net", "attachments")
 	deadline := time.Now().Add(timeout)
 	for {
 		entries, err := os.ReadDir(dir)
-		if (err == nil && len(entries) == 0) || os.IsNotExist(err) {
+		if ((err == nil && len(entries) == 0) || os.IsNotExist(err)) && networkSettled(attachments) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -175,6 +179,22 @@ func (b *berth) waitRemoved(timeout time.Duration) error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// networkSettled reports whether no container's network attachment is
+// left and the warm one, if any, is complete (its record has an address).
+func networkSettled(dir string) bool {
+	left, _ := filepath.Glob(filepath.Join(dir, "default", "*.json"))
+	if len(left) > 0 {
+		return false
+	}
+	warm, _ := filepath.Glob(filepath.Join(dir, "_warm", "*.json"))
+	for _, p := range warm {
+		if b, err := os.ReadFile(p); err != nil || !strings.Contains(string(b), `"ip":`) {
+			return false
+		}
+	}
+	return true
 }
 
 func (b *berth) exec(id, _ string, args ...string) error {
