@@ -105,20 +105,7 @@ func TestOverlayDeepChain(t *testing.T) {
 	parent := ""
 	for i := 0; i < depth; i++ {
 		key := "a" + strconv.Itoa(i)
-		mounts, err := sn.Prepare(ctx, key, parent)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir, err := snapshotter.WritableDirOf(mounts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)), []byte(strconv.Itoa(i)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "top"), []byte(strconv.Itoa(i)), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		prepareWith(t, sn, key, parent, map[string]string{"f" + strconv.Itoa(i): strconv.Itoa(i), "top": strconv.Itoa(i)})
 		parent = "l" + strconv.Itoa(i)
 		if err := sn.Commit(ctx, parent, key); err != nil {
 			t.Fatal(err)
@@ -170,22 +157,8 @@ func TestOverlayCommitOnto(t *testing.T) {
 	if !ok {
 		t.Fatal("Overlay is not a Rebaser")
 	}
-	write := func(key, parent, name, body string) {
-		t.Helper()
-		mounts, err := sn.Prepare(ctx, key, parent)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir, err := snapshotter.WritableDirOf(mounts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("x-lower", "", "shared", "lower")
-	write("x-upper", "", "shared", "upper") // before its parent is committed
+	prepareWith(t, sn, "x-lower", "", map[string]string{"shared": "lower"})
+	prepareWith(t, sn, "x-upper", "", map[string]string{"shared": "upper"}) // before its parent is committed
 	if err := os.WriteFile(filepath.Join(mustWritable(t, sn, "x-upper"), "own"), []byte("u"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +168,7 @@ func TestOverlayCommitOnto(t *testing.T) {
 	if err := sn.Commit(ctx, "lower", "x-lower"); err != nil {
 		t.Fatal(err)
 	}
-	write("x-child", "lower", "c", "c")
+	prepareWith(t, sn, "x-child", "lower", map[string]string{"c": "c"})
 	if err := rb.CommitOnto(ctx, "child", "x-child", "lower", true); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("commit onto of a snapshot with a parent: %v, want FailedPrecondition", err)
 	}
@@ -229,6 +202,25 @@ func TestOverlayCommitOnto(t *testing.T) {
 	}
 	if err := sn.Remove(ctx, "lower"); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("remove of the new parent: %v, want FailedPrecondition", err)
+	}
+}
+
+// prepareWith prepares key on parent and writes files (name: content)
+// into it.
+func prepareWith(t *testing.T, sn snapshotter.Snapshotter, key, parent string, files map[string]string) {
+	t.Helper()
+	mounts, err := sn.Prepare(context.Background(), key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := snapshotter.WritableDirOf(mounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

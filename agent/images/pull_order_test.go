@@ -3,6 +3,7 @@ package images
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -31,6 +32,45 @@ func tinyLayer(t *testing.T, name string) []byte {
 	return b.Bytes()
 }
 
+// layerRegistry serves the uncompressed layers raw as blobs of a test
+// registry and returns their descriptors, their diff IDs and a client of
+// the registry. serve, if set, answers a GET of layer i and calls write to
+// send it; by default the blob is sent at once.
+func layerRegistry(t *testing.T, ctx context.Context, raw [][]byte, serve func(i int, write func())) ([]ocispec.Descriptor, []digest.Digest, *repoClient) {
+	t.Helper()
+	var layers []ocispec.Descriptor
+	var diffIDs []digest.Digest
+	index := map[string]int{}
+	for i, b := range raw {
+		d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(b), Size: int64(len(b))}
+		layers = append(layers, d)
+		diffIDs = append(diffIDs, d.Digest)
+		index[d.Digest.String()] = i
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		i, ok := index[r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		write := func() { w.Write(raw[i]) }
+		if serve == nil {
+			write()
+			return
+		}
+		serve(i, write)
+	}))
+	t.Cleanup(srv.Close)
+	rc, err := newRepoClient(ctx, endpoint{scheme: "http", host: strings.TrimPrefix(srv.URL, "http://")}, "test/img", authn.Anonymous, "pull")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layers, diffIDs, rc
+}
+
 // TestFirstLayerHeadStart: the first layer to unpack downloads alone until
 // it is complete, or for firstLayerHeadStart at most; the others follow.
 func TestFirstLayerHeadStart(t *testing.T) {
@@ -47,48 +87,25 @@ func TestFirstLayerHeadStart(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, ctx := newTestService(t)
-			var layers []ocispec.Descriptor
-			var diffIDs []digest.Digest
-			blobs := map[string][]byte{}
-			for _, n := range []string{"a", "b", "c"} {
-				b := tinyLayer(t, n)
-				d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(b), Size: int64(len(b))}
-				layers = append(layers, d)
-				diffIDs = append(diffIDs, d.Digest)
-				blobs[d.Digest.String()] = b
-			}
+			raw := [][]byte{tinyLayer(t, "a"), tinyLayer(t, "b"), tinyLayer(t, "c")}
 			var mu sync.Mutex
 			var firstServed, secondAsked time.Time
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path == "/v2/" {
-					return
-				}
-				dg := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
-				b, ok := blobs[dg]
-				if !ok {
-					http.NotFound(w, r)
-					return
-				}
-				switch dg {
-				case layers[0].Digest.String():
+			layers, diffIDs, rc := layerRegistry(t, ctx, raw, func(i int, write func()) {
+				switch i {
+				case 0:
 					time.Sleep(tc.firstDelay)
-					w.Write(b)
+					write()
 					mu.Lock()
 					firstServed = time.Now()
 					mu.Unlock()
 					return
-				case layers[1].Digest.String():
+				case 1:
 					mu.Lock()
 					secondAsked = time.Now()
 					mu.Unlock()
 				}
-				w.Write(b)
-			}))
-			defer srv.Close()
-			rc, err := newRepoClient(ctx, endpoint{scheme: "http", host: strings.TrimPrefix(srv.URL, "http://")}, "test/img", authn.Anonymous, "pull")
-			if err != nil {
-				t.Fatal(err)
-			}
+				write()
+			})
 			l := s.newLease()
 			defer s.release(l)
 			if _, err := s.fetchAndUnpack(ctx, l, rc, layers, diffIDs, func(*berthv1.Progress) {}); err != nil {

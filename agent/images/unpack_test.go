@@ -3,17 +3,11 @@ package images
 import (
 	"archive/tar"
 	"bytes"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
@@ -68,35 +62,12 @@ func TestLayersUnpackedAheadOfTheirParent(t *testing.T) {
 		layerOf(t, tar.Header{Name: "lib/libx.so", Typeflag: tar.TypeReg, Mode: 0o755}),
 		layerOf(t, tar.Header{Name: ".wh.gone", Typeflag: tar.TypeReg}, tar.Header{Name: "opt/sub/y", Typeflag: tar.TypeReg, Mode: 0o600}),
 	}
-	var layers []ocispec.Descriptor
-	var diffIDs []digest.Digest
-	blobs := map[string][]byte{}
-	for _, b := range raw {
-		d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(b), Size: int64(len(b))}
-		layers = append(layers, d)
-		diffIDs = append(diffIDs, d.Digest)
-		blobs[d.Digest.String()] = b
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v2/" {
-			return
-		}
-		dg := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
-		b, ok := blobs[dg]
-		if !ok {
-			http.NotFound(w, r)
-			return
-		}
-		if dg == layers[0].Digest.String() {
+	layers, diffIDs, rc := layerRegistry(t, ctx, raw, func(i int, write func()) {
+		if i == 0 {
 			time.Sleep(firstLayerHeadStart + 300*time.Millisecond) // the others first
 		}
-		w.Write(b)
-	}))
-	defer srv.Close()
-	rc, err := newRepoClient(ctx, endpoint{scheme: "http", host: strings.TrimPrefix(srv.URL, "http://")}, "test/img", authn.Anonymous, "pull")
-	if err != nil {
-		t.Fatal(err)
-	}
+		write()
+	})
 	l := s.newLease()
 	defer s.release(l)
 	var order []string
