@@ -75,6 +75,10 @@ func backoff(count int32, ran time.Duration) time.Duration {
 // schedules the restart with backoff. It reports whether it did.
 func (r *restarter) onExit(ctx context.Context, c *berthv1.Container) bool {
 	if !wants(c, false) {
+		if c.GetSpec().GetRestartPolicy().GetName() != "" {
+			r.a.log.Debug("restart policy: no restart", "container", c.GetId(), "policy", c.GetSpec().GetRestartPolicy().GetName(),
+				"exit_code", c.GetStatus().GetExitCode(), "restart_count", c.GetStatus().GetRestartCount())
+		}
 		return false
 	}
 	st := c.GetStatus()
@@ -91,6 +95,7 @@ func (r *restarter) onExit(ctx context.Context, c *berthv1.Container) bool {
 		r.a.log.Warn("restart policy", "container", c.GetId(), "err", err)
 		return false
 	}
+	r.a.log.Debug("restart scheduled", "container", c.Id, "restart_count", c.GetStatus().GetRestartCount(), "delay", delay)
 	r.schedule(namespaces.FromContext(ctx), c.Id, delay)
 	return true
 }
@@ -141,8 +146,8 @@ func (r *restarter) schedule(ns, id string, delay time.Duration) {
 		return
 	}
 	key := ns + "/" + id
-	if t, ok := r.pending[key]; ok {
-		t.Stop()
+	if t, ok := r.pending[key]; ok && t.Stop() {
+		r.a.bg.Done() // the replaced timer will not run to say it
 	}
 	r.a.bg.Add(1)
 	var t *time.Timer
@@ -173,6 +178,7 @@ func (r *restarter) restart(ns, id string) {
 	}
 	st := c.GetStatus()
 	if st.GetState() != berthv1.ContainerState_CONTAINER_STATE_RESTARTING {
+		r.a.log.Debug("restart dropped: the container is no longer restarting", "container", id, "state", st.GetState())
 		return
 	}
 	if st.GetStoppedByUser() {
@@ -203,6 +209,7 @@ func (r *restarter) restart(ns, id string) {
 		}
 		return
 	}
+	r.a.log.Debug("restarted", "container", id)
 	r.a.events.Publish(ctx, "/containers/restart", id, map[string]string{"name": c.GetName()})
 }
 

@@ -711,6 +711,7 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 		if ev.GetExecId() != "" {
 			break
 		}
+		a.log.Debug("task exited", "container", id, "pid", ev.GetPid(), "exit_code", ev.GetExitStatus())
 		c, err := a.recordExit(ctx, id, ev.GetExitStatus(), ev.GetExitedAt(), ev.GetOomKilled())
 		if errdefs.IsNotFound(err) {
 			// Removed with force while running: the record went first.

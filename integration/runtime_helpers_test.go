@@ -121,11 +121,15 @@ func warmShims(state string) []int {
 }
 
 func isIdleWarm(pid int, state string) bool {
-	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmd), "\x00start\x00--warm\x00") {
-		return true // a warm shim being started
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !strings.Contains(string(cmd), "\x00--warm\x00") {
+		return false
 	}
+	// A warm shim (being started, or serving) is idle until adopted: the
+	// adoption moves its working directory into the container's bundle.
+	// Before it has moved into its warm directory, its cwd is berthd's.
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	return err == nil && strings.HasPrefix(cwd, filepath.Join(state, "warm")+"/")
+	return err == nil && !strings.HasPrefix(cwd, filepath.Join(state, "tasks")+"/")
 }
 
 func shimsMentioning(s string) []int {
