@@ -2,6 +2,8 @@ package task
 
 import (
 	"encoding/binary"
+	"errors"
+	"log/slog"
 	"os"
 	"sync"
 	"syscall"
@@ -72,18 +74,40 @@ func (w *exitWatcher) add(pidfd int, execID string) error {
 	return nil
 }
 
+// exitRecheck bounds how long the watcher trusts the runtime poller
+// alone: it then looks at the pidfds itself. Once, in CI, a shim's
+// watcher stayed parked for half an hour after its init had exited, and
+// the exit never reached berthd (a restart policy stalled); the poller's
+// wakeup for this nested epoll fd was lost, or never came. The recheck
+// bounds such a loss to this delay.
+const exitRecheck = 5 * time.Second
+
 // run reaps until the epoll fd is closed (close).
 func (w *exitWatcher) run() {
 	events := make([]unix.EpollEvent, 8)
 	for {
 		var n int
 		var werr error
+		w.ep.SetReadDeadline(time.Now().Add(exitRecheck))
 		// Read calls the function until it returns true, parking in the
-		// runtime poller in between; it fails once close has run.
-		if err := w.rc.Read(func(fd uintptr) bool {
+		// runtime poller in between; it fails once close has run, or at
+		// the deadline.
+		err := w.rc.Read(func(fd uintptr) bool {
 			n, werr = unix.EpollWait(int(fd), events, 0)
 			return n > 0 || (werr != nil && werr != unix.EINTR)
-		}); err != nil || werr != nil {
+		})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			n, werr = unix.EpollWait(w.epfd, events, 0)
+			if werr == unix.EINTR {
+				continue
+			}
+			if werr == nil && n > 0 {
+				w.log("exit seen by the recheck, not the poller")
+			}
+		} else if err != nil {
+			return
+		}
+		if werr != nil {
 			return
 		}
 		for _, ev := range events[:n] {
@@ -112,6 +136,9 @@ func (w *exitWatcher) run() {
 }
 
 func (w *exitWatcher) close() { w.ep.Close() }
+
+// log notes what should not happen, so that its cause can be found.
+func (w *exitWatcher) log(msg string) { slog.Warn(msg, "component", "exit watcher") }
 
 // exitStatus turns a waitid result into a shell-style status: the exit
 // code, or 128+signal for a killed process.
