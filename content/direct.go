@@ -32,22 +32,6 @@ const (
 // directAlign-aligned.
 func alignedBuf(n int) []byte { return directio.Buf(n)[:0] }
 
-// pwriteAll writes p at off, retrying short writes.
-func pwriteAll(fd int, p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pwrite(fd, p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		p = p[n:]
-		off += int64(n)
-	}
-	return nil
-}
-
 // openDirect opens path a second time, for direct writes; -1 where the
 // filesystem does not do O_DIRECT.
 func openDirect(path string) int {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/internal/directio"
 )
 
 // ingestMeta is meta.json: what an ingest is expected to become. It is
@@ -202,7 +203,7 @@ func (w *localWriter) Write(p []byte) (int, error) {
 			w.meta.Ref, len(p), w.offset, w.meta.Size, errdefs.ErrFailedPrecondition)
 	}
 	if w.dfd >= 0 && directOK(p, w.offset) {
-		err := pwriteAll(w.dfd, p, w.offset)
+		err := directio.PwriteAll(w.dfd, p, w.offset)
 		if err == nil {
 			w.h.Write(p)
 			w.offset += int64(len(p))

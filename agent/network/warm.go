@@ -151,16 +151,18 @@ func (m *Manager) takeWarm(r *record, conf []byte) bool {
 	}
 	w.ready = nil
 	w.mu.Unlock()
-	r.ConfList, r.CNIID, r.IfName, r.NetnsPath = wr.ConfList, wr.CNIID, wr.IfName, wr.NetnsPath
-	r.Attachments, r.IP = wr.Attachments, wr.IP
-	if err := m.saveRecord(r); err != nil {
-		// Not adopted after all: it stays warm.
+	adopted := *r
+	adopted.ConfList, adopted.CNIID, adopted.IfName, adopted.NetnsPath = wr.ConfList, wr.CNIID, wr.IfName, wr.NetnsPath
+	adopted.Attachments, adopted.IP = wr.Attachments, wr.IP
+	if err := m.saveRecord(&adopted); err != nil {
+		// Not adopted after all: it stays warm, and r attaches the usual
+		// way, unchanged.
 		w.mu.Lock()
 		w.ready = wr
 		w.mu.Unlock()
-		r.CNIID, r.NetnsPath, r.Attachments, r.IP = "", "", nil, ""
 		return false
 	}
+	*r = adopted
 	wk := key{wr.Namespace, wr.ID}
 	delete(m.records, wk)
 	if err := os.Remove(m.recordPath(wk)); err != nil && !errors.Is(err, os.ErrNotExist) {

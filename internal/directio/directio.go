@@ -1,9 +1,13 @@
 // Package directio holds what O_DIRECT I/O needs in more than one place
 // (the content store's blob writes and reads, the layer applier's large
-// files): the alignment and aligned buffers.
+// files): the alignment, aligned buffers and positioned writes.
 package directio
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
 
 // Align is the alignment O_DIRECT needs for buffers, file offsets and
 // lengths: the logical block size of every common device is 512 or 4096.
@@ -23,4 +27,22 @@ func Buf(n int) []byte {
 // Aligned reports whether p's start is Align-aligned.
 func Aligned(p []byte) bool {
 	return uintptr(unsafe.Pointer(unsafe.SliceData(p)))%Align == 0
+}
+
+// PwriteAll writes p to fd at off, retrying short and interrupted writes.
+// Explicit offsets keep a direct write that failed halfway from shifting
+// what follows.
+func PwriteAll(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwrite(fd, p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+		off += int64(n)
+	}
+	return nil
 }

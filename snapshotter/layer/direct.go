@@ -42,23 +42,6 @@ func setDirect(fd int, on bool) error {
 	return err
 }
 
-// writeAll writes p to fd at off, retrying short writes. Explicit offsets
-// keep a direct write that failed halfway from shifting what follows.
-func writeAll(fd int, p []byte, off int64) error {
-	for len(p) > 0 {
-		m, err := unix.Pwrite(fd, p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		p = p[m:]
-		off += int64(m)
-	}
-	return nil
-}
-
 // fill reads from r until buf is full or the entry ends; eof reports the
 // end of the entry.
 func fill(r io.Reader, buf []byte) (n int, eof bool, err error) {
@@ -87,7 +70,7 @@ func (a *applier) copyContent(fd int, hdr *tar.Header, tr io.Reader) (int64, err
 	// filesystem takes direct writes at all.
 	n, eof, rerr := fill(tr, a.buf)
 	whole := n &^ (directAlign - 1)
-	if err := writeAll(fd, a.buf[:whole], 0); err == unix.EINVAL {
+	if err := directio.PwriteAll(fd, a.buf[:whole], 0); err == unix.EINVAL {
 		a.noDirect = true
 		whole = 0
 	} else if err != nil {
@@ -106,7 +89,7 @@ func (a *applier) copyContent(fd int, hdr *tar.Header, tr io.Reader) (int64, err
 	if err := setDirect(fd, false); err != nil {
 		return off, fmt.Errorf("write: clear O_DIRECT: %w", err)
 	}
-	if err := writeAll(fd, tail, off); err != nil {
+	if err := directio.PwriteAll(fd, tail, off); err != nil {
 		return off, fmt.Errorf("write: %w", err)
 	}
 	off += int64(len(tail))
@@ -123,7 +106,7 @@ func (a *applier) copyContent(fd int, hdr *tar.Header, tr io.Reader) (int64, err
 func (a *applier) copyBuffered(fd int, r io.Reader, off int64) (int64, error) {
 	for {
 		n, eof, rerr := fill(r, a.buf)
-		if err := writeAll(fd, a.buf[:n], off); err != nil {
+		if err := directio.PwriteAll(fd, a.buf[:n], off); err != nil {
 			return off, fmt.Errorf("write: %w", err)
 		}
 		off += int64(n)
@@ -167,7 +150,7 @@ func (a *applier) pipeDirect(fd int, r io.Reader, off int64) (int64, []byte, err
 		var werr error
 		for j := range work {
 			if werr == nil {
-				werr = writeAll(fd, j.b, j.off)
+				werr = directio.PwriteAll(fd, j.b, j.off)
 			}
 			free <- j.b
 		}
