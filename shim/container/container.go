@@ -49,6 +49,7 @@ package container
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -80,8 +81,12 @@ type Config struct {
 	// Bundle is the bundle directory; a relative spec.Root.Path is
 	// resolved against it.
 	Bundle string
-	// Spec is the parsed config.json. Spec.Process and Spec.Linux are
-	// required, and the namespaces must include a new mount namespace.
+	// Parsed is config.json as ParseSpec read it. Its process and linux
+	// sections are required, and the namespaces must include a new mount
+	// namespace.
+	Parsed *Spec
+	// Spec is used, encoded, when Parsed is nil (for callers that build a
+	// spec rather than read one).
 	Spec *specs.Spec
 	// Rootfs, when set, overrides spec.Root.Path.
 	Rootfs string
@@ -108,13 +113,15 @@ type Config struct {
 // Container is a created container. Its methods are safe for concurrent
 // use.
 type Container struct {
-	id      string
-	spec    *specs.Spec
-	pid     int
-	pidfd   int
-	cg      cgroup.Manager
-	console *os.File
-	log     *slog.Logger
+	id string
+	// execFlags are the namespaces an exec joins (those of the init that
+	// are not the host's).
+	execFlags uintptr
+	pid       int
+	pidfd     int
+	cg        cgroup.Manager
+	console   *os.File
+	log       *slog.Logger
 
 	// pidsLimit is applied by Start (see Create); nil for none.
 	pidsLimit *specs.LinuxPids
@@ -141,6 +148,71 @@ var cloneFlags = map[specs.LinuxNamespaceType]uintptr{
 	specs.NetworkNamespace: unix.CLONE_NEWNET,
 }
 
+// specView is what Create acts on of a config.json; the init decodes the
+// rest. A shim lives as long as its container, and what encoding/json
+// caches for each type it has decoded stays with it: decoding only these
+// types (and not the whole runtime spec, twice) keeps the shim small.
+type specView struct {
+	Process *struct {
+		Args            []string `json:"args"`
+		Terminal        bool     `json:"terminal"`
+		ApparmorProfile string   `json:"apparmorProfile"`
+		SelinuxLabel    string   `json:"selinuxLabel"`
+	} `json:"process"`
+	Root *struct {
+		Path string `json:"path"`
+	} `json:"root"`
+	Linux *struct {
+		Namespaces []specs.LinuxNamespace `json:"namespaces"`
+		Resources  *specs.LinuxResources  `json:"resources"`
+		MountLabel string                 `json:"mountLabel"`
+		// Seccomp is compiled, or found compiled, by its bytes' digest.
+		Seccomp json.RawMessage `json:"seccomp"`
+	} `json:"linux"`
+}
+
+// Spec is a config.json as Create takes it: its bytes, which go to the
+// init as they are, and the few fields the caller's process acts on.
+type Spec struct {
+	raw  []byte
+	view specView
+}
+
+// ParseSpec reads what Create needs of config.json's bytes.
+func ParseSpec(raw []byte) (*Spec, error) {
+	s := &Spec{raw: raw}
+	if err := json.Unmarshal(raw, &s.view); err != nil {
+		return nil, fmt.Errorf("parse config.json: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return s, nil
+}
+
+// Terminal reports whether the spec's process asks for a terminal.
+func (s *Spec) Terminal() bool { return s.view.Process != nil && s.view.Process.Terminal }
+
+// execFlags are the namespaces an exec joins: the init's own, not those
+// it shares with the host (absent from the list).
+func execFlags(nss []specs.LinuxNamespace) uintptr {
+	var flags uintptr
+	for _, ns := range nss {
+		switch ns.Type {
+		case specs.MountNamespace:
+			flags |= unix.CLONE_NEWNS
+		case specs.PIDNamespace:
+			flags |= unix.CLONE_NEWPID
+		case specs.UTSNamespace:
+			flags |= unix.CLONE_NEWUTS
+		case specs.IPCNamespace:
+			flags |= unix.CLONE_NEWIPC
+		case specs.NetworkNamespace:
+			flags |= unix.CLONE_NEWNET
+		case specs.CgroupNamespace:
+			flags |= unix.CLONE_NEWCGROUP
+		}
+	}
+	return flags
+}
+
 // Create starts the container's init and returns once the init has set up
 // the rootfs and is waiting for Start, or with the reason it could not
 // (an *InitError for failures inside the init). On error nothing is left
@@ -148,11 +220,22 @@ var cloneFlags = map[specs.LinuxNamespaceType]uintptr{
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	// Create consumes a prefork in every case: taken below, or killed here.
 	defer cfg.Prefork.Close()
-	spec := cfg.Spec
-	switch {
-	case cfg.ID == "":
+	if cfg.ID == "" {
 		return nil, fmt.Errorf("create container: empty id: %w", errdefs.ErrInvalidArgument)
-	case spec == nil || spec.Process == nil || spec.Linux == nil:
+	}
+	parsed := cfg.Parsed
+	if parsed == nil {
+		raw, err := json.Marshal(cfg.Spec)
+		if err == nil {
+			parsed, err = ParseSpec(raw)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+	}
+	raw, spec := parsed.raw, &parsed.view
+	switch {
+	case spec.Process == nil || spec.Linux == nil:
 		return nil, fmt.Errorf("create container %s: spec needs process and linux sections: %w", cfg.ID, errdefs.ErrInvalidArgument)
 	case len(spec.Process.Args) == 0:
 		return nil, fmt.Errorf("create container %s: no process args: %w", cfg.ID, errdefs.ErrInvalidArgument)
@@ -261,7 +344,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 		}
 	}
-	c := &Container{id: cfg.ID, spec: spec, pid: pid, pidfd: pidfd, sock: parentSock, log: log, pidsLimit: pidsLimit}
+	c := &Container{id: cfg.ID, execFlags: execFlags(spec.Linux.Namespaces), pid: pid, pidfd: pidfd, sock: parentSock, log: log, pidsLimit: pidsLimit}
 	defer func() {
 		if retErr != nil {
 			if status := c.abort(); status != "" && errors.Is(retErr, ErrInitDied) {
@@ -293,7 +376,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 	// cgroup message before it goes on with its setup, so it sets up the
 	// rootfs in the container's cgroup and cgroup namespace. Nothing the
 	// user controls runs before Start.
-	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(spec), Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
+	boot := syncMsg{Type: msgBootstrap, Config: &initConfig{SpecJSON: raw, Rootfs: rootfs, Bundle: cfg.Bundle, Terminal: terminal}}
 	boot.Config.UnshareMount = unshareMount
 	if passStdio != nil {
 		boot.Config.Stdio = stdioMask(passStdio) // send skips the missing (-1) ones

@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,25 +53,8 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		return nil, fmt.Errorf("exec in %s: container destroyed: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 
-	// The init's namespaces, joined through its pidfd. Those the spec
-	// shares with the host (absent from the list) are shared already.
-	var flags uintptr
-	for _, ns := range c.spec.Linux.Namespaces {
-		switch ns.Type {
-		case specs.MountNamespace:
-			flags |= unix.CLONE_NEWNS
-		case specs.PIDNamespace:
-			flags |= unix.CLONE_NEWPID
-		case specs.UTSNamespace:
-			flags |= unix.CLONE_NEWUTS
-		case specs.IPCNamespace:
-			flags |= unix.CLONE_NEWIPC
-		case specs.NetworkNamespace:
-			flags |= unix.CLONE_NEWNET
-		case specs.CgroupNamespace:
-			flags |= unix.CLONE_NEWCGROUP
-		}
-	}
+	// The init's namespaces, joined through its pidfd.
+	flags := c.execFlags
 
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -162,9 +146,11 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		}
 	}()
 
-	spec := *c.spec
-	spec.Process = proc
-	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: withoutSeccomp(&spec), Terminal: proc.Terminal, Seccomp: c.seccomp}}, -1); err != nil {
+	procJSON, err := json.Marshal(proc)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: encode process: %w", c.id, err)
+	}
+	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{ProcessJSON: procJSON, Terminal: proc.Terminal, Seccomp: c.seccomp}}, -1); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	for {

@@ -94,9 +94,17 @@ func runInit(sock syncSocket) *InitError {
 		}
 		return newInitError(StageBootstrap, err)
 	}
-	if m.Type != msgBootstrap || m.Config == nil || m.Config.Spec == nil || m.Config.Spec.Process == nil || m.Config.Spec.Linux == nil {
+	if m.Type != msgBootstrap || m.Config == nil {
 		closeFDs(fds)
 		return &InitError{Stage: StageBootstrap, Message: fmt.Sprintf("unexpected %q message", m.Type), Errno: unix.EPROTO}
+	}
+	spec, err := m.Config.spec()
+	if err == nil && (spec.Process == nil || spec.Linux == nil) {
+		err = errors.New("spec without process or linux section")
+	}
+	if err != nil {
+		closeFDs(fds)
+		return newInitError(StageBootstrap, err)
 	}
 	if err := takeStdio(m.Config.Stdio, fds); err != nil {
 		return newInitError(StageBootstrap, err)
@@ -108,7 +116,6 @@ func runInit(sock syncSocket) *InitError {
 		}
 	}
 	cfg := m.Config
-	spec := cfg.Spec
 	var warnings []string
 
 	if err := joinNamespaces(spec.Linux.Namespaces, false); err != nil {
@@ -211,15 +218,28 @@ func runInit(sock syncSocket) *InitError {
 }
 
 // WarmUp is for a process that will create a container soon and has time
-// to spare now (a warm shim): it runs the JSON coding of a typical spec
-// and seccomp profile, for the reasons warmUp gives.
+// to spare now (a warm shim): it runs the JSON work of a Create on a small
+// spec, so that encoding/json's decoders for the fields Create reads and
+// its encoders for the init messages are built ahead (the same ones, and
+// no more: the shim keeps them for its lifetime).
 func WarmUp() {
-	warmUp()
-	sc := &specs.LinuxSeccomp{DefaultAction: specs.ActErrno, Architectures: []specs.Arch{specs.ArchX86_64},
-		Syscalls: []specs.LinuxSyscall{{Names: []string{"read"}, Action: specs.ActAllow, Args: []specs.LinuxSeccompArg{{Index: 0, Op: specs.OpEqualTo}}}}}
-	if data, err := json.Marshal(sc); err == nil {
-		var back specs.LinuxSeccomp
-		_ = json.Unmarshal(data, &back)
+	const doc = `{"process":{"args":["sh"],"terminal":false},"root":{"path":"rootfs"},` +
+		`"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/x"}],` +
+		`"resources":{"devices":[{"allow":false,"access":"rwm"}],"memory":{"limit":1},"cpu":{"shares":2,"quota":1,"period":1},"pids":{"limit":3}},` +
+		`"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"}}}`
+	s, err := ParseSpec([]byte(doc))
+	if err != nil {
+		return
+	}
+	for _, m := range []syncMsg{
+		{Type: msgBootstrap, Config: &initConfig{SpecJSON: s.raw, Rootfs: "/r", Stdio: []bool{true}}},
+		{Type: msgCgroup, Seccomp: &seccompProgram{Filter: make([]byte, 8)}},
+		{Type: msgReady, Warnings: []string{"w"}},
+	} {
+		if data, err := json.Marshal(m); err == nil {
+			var back syncMsg
+			_ = json.Unmarshal(data, &back)
+		}
 	}
 }
 
@@ -244,10 +264,16 @@ func warmUp() {
 			Sysctl:        map[string]string{"net.ipv4.ip_forward": "0"},
 		},
 	}
-	msg := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: spec, Rootfs: "/r", Seccomp: &seccompProgram{Filter: make([]byte, 64)}, Stdio: []bool{true}}}
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return
+	}
+	msg := syncMsg{Type: msgBootstrap, Config: &initConfig{SpecJSON: raw, Rootfs: "/r", Seccomp: &seccompProgram{Filter: make([]byte, 64)}, Stdio: []bool{true}}}
 	if data, err := json.Marshal(msg); err == nil {
 		var m syncMsg
-		_ = json.Unmarshal(data, &m)
+		if json.Unmarshal(data, &m) == nil && m.Config != nil {
+			_, _ = m.Config.spec()
+		}
 	}
 }
 
@@ -350,10 +376,16 @@ func runExecInit(sock syncSocket) *InitError {
 		}
 		return newInitError(StageBootstrap, err)
 	}
-	if m.Type != msgBootstrap || m.Config == nil || m.Config.Spec == nil || m.Config.Spec.Process == nil || len(m.Config.Spec.Process.Args) == 0 {
+	if m.Type != msgBootstrap || m.Config == nil {
 		return &InitError{Stage: StageBootstrap, Message: fmt.Sprintf("unexpected %q message", m.Type), Errno: unix.EPROTO}
 	}
-	spec := m.Config.Spec
+	spec, err := m.Config.spec()
+	if err == nil && (spec.Process == nil || len(spec.Process.Args) == 0) {
+		err = errors.New("exec without process args")
+	}
+	if err != nil {
+		return newInitError(StageBootstrap, err)
+	}
 	// Our own session, as the container's processes have: the shim's
 	// terminal signals must not reach it, and a pty needs a session leader.
 	_, _ = unix.Setsid()

@@ -75,21 +75,26 @@ var seccompMemo struct {
 
 const seccompCacheMagic = "berth-seccomp v1\n"
 
-// prepareSeccomp returns the compiled program for sc, from memory, from
-// cacheDir (if set) or by compiling it (and then storing it there).
-// Compile errors are the profile's fault and come back as an *InitError of
-// stage seccomp, as if the init had found them.
-func prepareSeccomp(sc *specs.LinuxSeccomp, cacheDir string) (*seccompProgram, error) {
-	if sc == nil {
+// prepareSeccomp returns the compiled program for the profile raw (the
+// seccomp section of a config.json, nil or null for none), from memory,
+// from cacheDir (if set) or by compiling it (and then storing it there).
+// The cache key is the digest of the compacted bytes: the profile is
+// decoded only to be compiled. Compile errors are the profile's fault and
+// come back as an *InitError of stage seccomp, as if the init had found
+// them.
+func prepareSeccomp(raw json.RawMessage, cacheDir string) (*seccompProgram, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
 	key := ""
 	if id := seccompCompilerID(); id != "" {
-		profile, err := json.Marshal(sc)
-		if err != nil {
+		var b bytes.Buffer
+		b.WriteString(id + "\n")
+		if err := json.Compact(&b, raw); err != nil {
 			return nil, newInitError(StageSeccomp, err)
 		}
-		sum := sha256.Sum256(append([]byte(id+"\n"), profile...))
+		sum := sha256.Sum256(b.Bytes())
 		key = hex.EncodeToString(sum[:])
 	}
 	if key != "" {
@@ -105,6 +110,10 @@ func prepareSeccomp(sc *specs.LinuxSeccomp, cacheDir string) (*seccompProgram, e
 				return p, nil
 			}
 		}
+	}
+	sc := new(specs.LinuxSeccomp)
+	if err := json.Unmarshal(raw, sc); err != nil {
+		return nil, newInitError(StageSeccomp, err)
 	}
 	p, err := compileSeccomp(sc)
 	if err != nil {

@@ -4,6 +4,7 @@ package container
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -22,6 +23,16 @@ func testProfile() *specs.LinuxSeccomp {
 	}
 }
 
+// enc is a profile as config.json carries it.
+func enc(t *testing.T, sc *specs.LinuxSeccomp) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func forgetSeccomp() {
 	seccompMemo.Lock()
 	seccompMemo.m = nil
@@ -34,7 +45,7 @@ func forgetSeccomp() {
 func TestSeccompCacheAcrossProcesses(t *testing.T) {
 	dir := t.TempDir()
 	forgetSeccomp()
-	first, err := prepareSeccomp(testProfile(), dir)
+	first, err := prepareSeccomp(enc(t, testProfile()), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +54,7 @@ func TestSeccompCacheAcrossProcesses(t *testing.T) {
 		t.Fatalf("cache files after a compile: %v, want one", files)
 	}
 	forgetSeccomp()
-	second, err := prepareSeccomp(testProfile(), dir)
+	second, err := prepareSeccomp(enc(t, testProfile()), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,10 +62,24 @@ func TestSeccompCacheAcrossProcesses(t *testing.T) {
 		t.Fatal("program read from the cache differs from the compiled one")
 	}
 
+	// The same profile laid out differently (config.json indented) is
+	// the same entry.
+	var indented bytes.Buffer
+	if err := json.Indent(&indented, enc(t, testProfile()), "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	forgetSeccomp()
+	if _, err := prepareSeccomp(indented.Bytes(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "*.bpf")); len(files) != 1 {
+		t.Fatalf("cache files after the same profile indented: %v, want one", files)
+	}
+
 	// Another profile is another entry.
 	other := testProfile()
 	other.Syscalls[0].Names = []string{"chmod"}
-	if _, err := prepareSeccomp(other, dir); err != nil {
+	if _, err := prepareSeccomp(enc(t, other), dir); err != nil {
 		t.Fatal(err)
 	}
 	if files, _ := filepath.Glob(filepath.Join(dir, "*.bpf")); len(files) != 2 {
@@ -71,10 +96,10 @@ func TestSeccompCacheAcrossProcesses(t *testing.T) {
 		t.Fatal("a corrupt cache file was accepted")
 	}
 	forgetSeccomp()
-	if _, err := prepareSeccomp(testProfile(), dir); err != nil {
+	if _, err := prepareSeccomp(enc(t, testProfile()), dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := prepareSeccomp(other, dir); err != nil {
+	if _, err := prepareSeccomp(enc(t, other), dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range files {
@@ -86,7 +111,7 @@ func TestSeccompCacheAcrossProcesses(t *testing.T) {
 
 func TestSeccompBadProfileIsASeccompError(t *testing.T) {
 	forgetSeccomp()
-	_, err := prepareSeccomp(&specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_BOGUS"}, t.TempDir())
+	_, err := prepareSeccomp(enc(t, &specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_BOGUS"}), t.TempDir())
 	var ie *InitError
 	if !errors.As(err, &ie) || ie.Stage != StageSeccomp {
 		t.Fatalf("err = %v, want a seccomp-stage InitError", err)
@@ -98,7 +123,7 @@ func TestSeccompBadProfileIsASeccompError(t *testing.T) {
 func TestPreloadSeccomp(t *testing.T) {
 	dir := t.TempDir()
 	forgetSeccomp()
-	want, err := prepareSeccomp(testProfile(), dir)
+	want, err := prepareSeccomp(enc(t, testProfile()), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +133,7 @@ func TestPreloadSeccomp(t *testing.T) {
 	for _, f := range files {
 		os.Remove(f)
 	}
-	got, err := prepareSeccomp(testProfile(), dir)
+	got, err := prepareSeccomp(enc(t, testProfile()), dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,14 +101,25 @@ type syncMsg struct {
 	Seccomp *seccompProgram `json:"seccomp,omitempty"`
 }
 
-// initConfig is what the init needs beyond the spec itself.
+// initConfig is what the init needs: the spec, and what goes with it.
+//
+// The spec travels as the bytes of config.json, untouched: the shim never
+// encodes a spec. Encoding one would make encoding/json build and keep,
+// in a process that lives as long as its container, an encoder for every
+// type of the runtime spec (about 150 KiB of heap, and the runtime's
+// per-size-class bookkeeping that goes with it); the shim decodes only
+// the few fields it acts on (see specView).
 type initConfig struct {
-	Spec     *specs.Spec `json:"spec"`
-	Rootfs   string      `json:"rootfs"` // absolute host path
-	Bundle   string      `json:"bundle,omitempty"`
-	Terminal bool        `json:"terminal"`
-	// Seccomp is the spec's profile, compiled by the parent; the spec's
-	// own seccomp section is left out of the message.
+	// SpecJSON is config.json; its seccomp section is skipped by the
+	// init, which gets the profile compiled instead (Seccomp).
+	SpecJSON json.RawMessage `json:"spec,omitempty"`
+	// ProcessJSON is an exec'd process (a specs.Process), which needs
+	// nothing else of the spec.
+	ProcessJSON json.RawMessage `json:"process,omitempty"`
+	Rootfs      string          `json:"rootfs"` // absolute host path
+	Bundle      string          `json:"bundle,omitempty"`
+	Terminal    bool            `json:"terminal"`
+	// Seccomp is the spec's profile, compiled by the parent.
 	Seccomp *seccompProgram `json:"seccomp,omitempty"`
 	// Stdio is set for a preforked init: which of stdin, stdout and
 	// stderr came as descriptors with this message (in that order); the
@@ -119,18 +130,38 @@ type initConfig struct {
 	UnshareMount bool `json:"unshare_mount,omitempty"`
 }
 
-// withoutSeccomp returns a shallow copy of spec without its seccomp
-// section, which the init gets compiled instead (and which is the bulk
-// of a default spec's JSON).
-func withoutSeccomp(spec *specs.Spec) *specs.Spec {
-	if spec.Linux == nil || spec.Linux.Seccomp == nil {
-		return spec
+// initSpecDoc decodes a config.json without its seccomp section: the
+// outer Linux field, being shallower, hides the embedded Spec's, and the
+// outer Seccomp hides specs.Linux's (encoding/json's rule for embedded
+// fields), so the profile is kept as bytes and never decoded.
+type initSpecDoc struct {
+	specs.Spec
+	Linux *struct {
+		specs.Linux
+		Seccomp json.RawMessage `json:"seccomp,omitempty"`
+	} `json:"linux,omitempty"`
+}
+
+// spec decodes SpecJSON (seccomp left out) or, for an exec, ProcessJSON
+// into a spec holding only that process.
+func (c *initConfig) spec() (*specs.Spec, error) {
+	if len(c.ProcessJSON) > 0 {
+		var p specs.Process
+		if err := json.Unmarshal(c.ProcessJSON, &p); err != nil {
+			return nil, fmt.Errorf("decode process: %w", err)
+		}
+		return &specs.Spec{Process: &p}, nil
 	}
-	cp := *spec
-	l := *spec.Linux
-	l.Seccomp = nil
-	cp.Linux = &l
-	return &cp
+	var d initSpecDoc
+	if err := json.Unmarshal(c.SpecJSON, &d); err != nil {
+		return nil, fmt.Errorf("decode spec: %w", err)
+	}
+	spec := d.Spec
+	if d.Linux != nil {
+		l := d.Linux.Linux
+		spec.Linux = &l
+	}
+	return &spec, nil
 }
 
 // syncSocket is one end of the socketpair. It is a raw fd in blocking mode

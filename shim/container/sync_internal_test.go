@@ -1,6 +1,7 @@
 package container
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -18,7 +19,11 @@ func TestSyncMessagesOfAnySize(t *testing.T) {
 	a, b := syncSocket{fd: fds[0]}, syncSocket{fd: fds[1]}
 	for _, size := range []int{0, 10, 70 << 10, 150 << 10} {
 		env := []string{"X=" + strings.Repeat("y", size)}
-		m := syncMsg{Type: msgBootstrap, Config: &initConfig{Spec: &specs.Spec{Process: &specs.Process{Env: env}}}}
+		raw, err := json.Marshal(&specs.Spec{Process: &specs.Process{Env: env}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := syncMsg{Type: msgBootstrap, Config: &initConfig{SpecJSON: raw}}
 		if err := a.send(m, fds[0], fds[1]); err != nil {
 			t.Fatalf("send %d: %v", size, err)
 		}
@@ -26,7 +31,11 @@ func TestSyncMessagesOfAnySize(t *testing.T) {
 		if err != nil {
 			t.Fatalf("size %d: %v", size, err)
 		}
-		if got.Config.Spec.Process.Env[0] != env[0] {
+		spec, err := got.Config.spec()
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		if spec.Process.Env[0] != env[0] {
 			t.Fatalf("size %d: message changed on the way", size)
 		}
 		if len(passed) != 2 {
@@ -39,4 +48,40 @@ func TestSyncMessagesOfAnySize(t *testing.T) {
 		t.Fatalf("recv after the peer closed: %v, want EOF", err)
 	}
 	b.close()
+}
+
+// The init decodes config.json as the shim passed it, without its seccomp
+// section (the profile comes compiled), and keeps the rest of linux; an
+// exec's message carries its process only.
+func TestInitConfigSpec(t *testing.T) {
+	raw, err := json.Marshal(&specs.Spec{
+		Process:  &specs.Process{Args: []string{"sh"}},
+		Hostname: "h",
+		Linux: &specs.Linux{
+			Namespaces:  []specs.LinuxNamespace{{Type: specs.PIDNamespace}},
+			MaskedPaths: []string{"/proc/kcore"},
+			Seccomp:     &specs.LinuxSeccomp{DefaultAction: specs.ActErrno},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := (&initConfig{SpecJSON: raw}).spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Hostname != "h" || spec.Process.Args[0] != "sh" || spec.Linux == nil ||
+		len(spec.Linux.Namespaces) != 1 || spec.Linux.MaskedPaths[0] != "/proc/kcore" {
+		t.Fatalf("decoded spec lost fields: %+v", spec)
+	}
+	if spec.Linux.Seccomp != nil {
+		t.Fatal("the init decoded the seccomp section")
+	}
+	p, err := (&initConfig{ProcessJSON: []byte(`{"args":["ls"],"cwd":"/"}`)}).spec()
+	if err != nil || p.Process.Args[0] != "ls" || p.Linux != nil {
+		t.Fatalf("exec process: %+v, %v", p, err)
+	}
+	if _, err := (&initConfig{SpecJSON: []byte(`{"process":`)}).spec(); err == nil {
+		t.Fatal("a truncated spec decoded")
+	}
 }

@@ -1,10 +1,11 @@
 package task
 
 import (
-	"errors"
 	"io"
 	"os"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	"github.com/berth-dev/berth/shim/logfile"
@@ -94,26 +95,60 @@ func (f *fanout) publishLocked(c chunk) {
 	}
 }
 
+// outputBufs are the read buffers of the output copiers. A copier holds
+// one only while data is there to read: an idle container's shim (the
+// common case) then keeps none, instead of a 32 KiB buffer per stream,
+// which as a local variable also grew each copier's stack to 64 KiB.
+var outputBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // copyOutput reads r until EOF (or EIO, which a pty master returns once
 // every slave is closed) and sends it to the log, when there is one, and
 // to attached clients.
 func copyOutput(r *os.File, stream shimv1.OutputStream, lw *logfile.LineWriter, out *fanout) {
-	buf := make([]byte, 32*1024)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			out.write(lw, chunk{stream: stream, data: append([]byte(nil), buf[:n]...)})
+	defer func() {
+		if lw != nil {
+			out.mu.Lock()
+			lw.Flush()
+			out.mu.Unlock()
 		}
-		if err != nil {
-			if lw != nil {
-				out.mu.Lock()
-				lw.Flush()
-				out.mu.Unlock()
+	}()
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		var (
+			data []byte
+			rerr error
+		)
+		// The function runs when r may be readable (at once, then after
+		// each wait for readiness): the buffer is taken only then.
+		err := rc.Read(func(fd uintptr) bool {
+			bp := outputBufs.Get().(*[]byte)
+			defer outputBufs.Put(bp)
+			var n int
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
 			}
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) {
-				// EIO from a pty master: the normal end of a terminal.
-				_ = err
+			if rerr == unix.EAGAIN {
+				return false
 			}
+			if n > 0 {
+				data = append([]byte(nil), (*bp)[:n]...)
+			} else if rerr == nil {
+				rerr = io.EOF
+			}
+			return true
+		})
+		if data != nil {
+			out.write(lw, chunk{stream: stream, data: data})
+		}
+		// EOF, EIO from a pty master (the normal end of a terminal), or r
+		// closed under us: the stream has ended.
+		if err != nil || (rerr != nil && data == nil) {
 			return
 		}
 	}

@@ -116,6 +116,11 @@ type Service struct {
 	// Create; set before serving. The Service owns it.
 	Prefork   *container.Preforked
 	preforkMu sync.Mutex
+	// Settled, when set, runs once, when the shim's busy start is over:
+	// after the first Create, before the heap is handed back (berth-shim
+	// turns its garbage collector on there).
+	Settled     func()
+	settledOnce sync.Once
 
 	// Loop-owned state.
 	c          *container.Container
@@ -320,14 +325,11 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "read the bundle's config.json: %v", err)
 	}
-	var spec specs.Spec
-	if err := json.Unmarshal(data, &spec); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "parse the bundle's config.json: %v", err)
+	spec, err := container.ParseSpec(data)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "the bundle's config.json: %v", err)
 	}
-	if spec.Process == nil {
-		return nil, status.Error(codes.InvalidArgument, "config.json has no process")
-	}
-	terminal := req.GetTerminal() || spec.Process.Terminal
+	terminal := req.GetTerminal() || spec.Terminal()
 
 	p := &proc{terminal: terminal, status: shimv1.Status_STATUS_CREATED, done: make(chan struct{}), out: newFanout(false)}
 	defer func() {
@@ -375,7 +377,7 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	}
 	rootfs := filepath.Join(s.bundleDir, bundle.RootfsDir)
 	c, err := container.Create(ctx, container.Config{
-		ID: s.id, Bundle: s.bundleDir, Spec: &spec, Rootfs: rootfs, Stdio: stdio,
+		ID: s.id, Bundle: s.bundleDir, Parsed: spec, Rootfs: rootfs, Stdio: stdio,
 		Terminal: terminal, CgroupParent: req.GetCgroupParent(), Logger: s.log,
 		SeccompCacheDir: s.SeccompCacheDir, Prefork: s.takePrefork(),
 	})
@@ -457,6 +459,9 @@ func (s *Service) watchOOM(c *container.Container) {
 // trimMemory returns the heap grown by a burst of work to the OS, and
 // logs the runtime's view of the shim's memory at debug level.
 func (s *Service) trimMemory() {
+	if s.Settled != nil {
+		s.settledOnce.Do(s.Settled)
+	}
 	debug.FreeOSMemory()
 	if s.log.Enabled(s.ctx, slog.LevelDebug) {
 		var ms runtime.MemStats
