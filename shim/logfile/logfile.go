@@ -55,6 +55,10 @@ type Writer struct {
 	f    *os.File
 	size int64
 	now  func() time.Time
+	// rec is the record being written, reused: a container's output costs
+	// its shim no allocation (the shim runs without a garbage collector
+	// for as long as it can; see berth-shim).
+	rec []byte
 }
 
 // Open opens (appending) or creates the log file at path. maxSize <= 0
@@ -77,32 +81,30 @@ func Open(path string, maxSize int64, maxFiles int) (*Writer, error) {
 
 // WriteRecord writes one record. partial marks a P record.
 func (w *Writer) WriteRecord(s Stream, content []byte, partial bool) error {
-	tag := "F"
+	tag := byte('F')
 	if partial {
-		tag = "P"
+		tag = 'P'
 	}
-	var b bytes.Buffer
-	b.Grow(len(content) + 48)
-	b.WriteString(w.now().UTC().Format(time.RFC3339Nano))
-	b.WriteByte(' ')
-	b.WriteString(string(s))
-	b.WriteByte(' ')
-	b.WriteString(tag)
-	b.WriteByte(' ')
-	b.Write(content)
-	b.WriteByte('\n')
-
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.f == nil {
 		return fmt.Errorf("write log %s: closed", w.path)
 	}
-	if w.maxSize > 0 && w.size > 0 && w.size+int64(b.Len()) > w.maxSize {
+	b := w.now().UTC().AppendFormat(w.rec[:0], time.RFC3339Nano)
+	b = append(b, ' ')
+	b = append(b, s...)
+	b = append(b, ' ', tag, ' ')
+	b = append(b, content...)
+	b = append(b, '\n')
+	if cap(b) <= 2*MaxLine {
+		w.rec = b // a longer one (a record is at most MaxLine) is not kept
+	}
+	if w.maxSize > 0 && w.size > 0 && w.size+int64(len(b)) > w.maxSize {
 		if err := w.rotate(); err != nil {
 			return err
 		}
 	}
-	n, err := w.f.Write(b.Bytes())
+	n, err := w.f.Write(b)
 	w.size += int64(n)
 	return err
 }
@@ -152,28 +154,54 @@ type LineWriter struct {
 	buf    []byte
 }
 
-// Write records every complete line in p and keeps the rest.
+// Write records every complete line in p and keeps the rest. Lines are
+// written from p itself; only an unterminated tail is copied, into a
+// buffer that is reused.
 func (l *LineWriter) Write(p []byte) (int, error) {
-	l.buf = append(l.buf, p...)
+	n := len(p)
+	if len(l.buf) > 0 {
+		// Complete the pending line first.
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			l.buf = append(l.buf, p...)
+			return n, l.spill()
+		}
+		l.buf = append(l.buf, p[:i]...)
+		err := l.emit(l.buf, false)
+		l.buf = l.buf[:0]
+		if err != nil {
+			return n, err
+		}
+		p = p[i+1:]
+	}
 	for {
-		i := bytes.IndexByte(l.buf, '\n')
+		i := bytes.IndexByte(p, '\n')
 		if i < 0 {
 			break
 		}
-		if err := l.emit(l.buf[:i], false); err != nil {
-			return len(p), err
+		if err := l.emit(p[:i], false); err != nil {
+			return n, err
 		}
-		l.buf = l.buf[i+1:]
+		p = p[i+1:]
 	}
-	for len(l.buf) >= MaxLine {
-		if err := l.W.WriteRecord(l.Stream, l.buf[:MaxLine], true); err != nil {
-			return len(p), err
-		}
-		l.buf = l.buf[MaxLine:]
+	l.buf = append(l.buf, p...)
+	return n, l.spill()
+}
+
+// spill writes the pending tail as P records while it is a whole record
+// long or more, and keeps the buffer from pinning a large backing array.
+func (l *LineWriter) spill() error {
+	var err error
+	rest := l.buf
+	for len(rest) >= MaxLine && err == nil {
+		err = l.W.WriteRecord(l.Stream, rest[:MaxLine], true)
+		rest = rest[MaxLine:]
 	}
-	// Keep the buffer from pinning a large backing array.
-	l.buf = append([]byte(nil), l.buf...)
-	return len(p), nil
+	l.buf = append(l.buf[:0], rest...)
+	if cap(l.buf) > 2*MaxLine {
+		l.buf = append([]byte(nil), l.buf...)
+	}
+	return err
 }
 
 func (l *LineWriter) emit(line []byte, partial bool) error {

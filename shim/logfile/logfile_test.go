@@ -92,3 +92,31 @@ func TestRotationKeepsMaxFiles(t *testing.T) {
 		}
 	}
 }
+
+// Output that keeps coming costs the writer no allocation once warm: the
+// shim relies on it to run without a garbage collector (see berth-shim).
+// Lines split across writes still come out whole.
+func TestSteadyOutputAllocatesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	w, err := Open(path, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	lw := &LineWriter{W: w, Stream: Stdout}
+	chunks := [][]byte{[]byte("GET /index.html 200\nGET /st"), []byte("yle.css 200\nGET /a"), []byte("pp.js 304\n")}
+	write := func() {
+		for _, c := range chunks {
+			lw.Write(c)
+		}
+	}
+	write() // warm: the buffers reach their size (AllocsPerRun warms once more)
+	if n := testing.AllocsPerRun(100, write); n != 0 {
+		t.Fatalf("%v allocations per round of output, want 0", n)
+	}
+	w.Close()
+	recs := readRecords(t, path, 1)
+	if len(recs) != 3*102 || string(recs[1].Content) != "GET /style.css 200" || string(recs[2].Content) != "GET /app.js 304" {
+		t.Fatalf("%d records, second %q, third %q", len(recs), recs[1].Content, recs[2].Content)
+	}
+}

@@ -1,7 +1,6 @@
 package task
 
 import (
-	"io"
 	"os"
 	"sync"
 
@@ -65,15 +64,19 @@ func (f *fanout) subscribeWith(replay func()) chan chunk {
 	return ch
 }
 
-// write records c in the log (when there is one) and publishes it, as one
-// step with respect to subscribeWith.
-func (f *fanout) write(lw *logfile.LineWriter, c chunk) {
+// write records data in the log (when there is one) and publishes it, as
+// one step with respect to subscribeWith. data is the caller's buffer: it
+// is copied only for clients and history, so output nobody attaches to
+// costs no allocation.
+func (f *fanout) write(lw *logfile.LineWriter, stream shimv1.OutputStream, data []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if lw != nil {
-		lw.Write(c.data)
+		lw.Write(data)
 	}
-	f.publishLocked(c)
+	if len(f.subs) > 0 || (f.keep && f.size+len(data) <= historyLimit) {
+		f.publishLocked(chunk{stream: stream, data: append([]byte(nil), data...)})
+	}
 }
 
 func (f *fanout) publish(c chunk) {
@@ -116,39 +119,40 @@ func copyOutput(r *os.File, stream shimv1.OutputStream, lw *logfile.LineWriter, 
 	if err != nil {
 		return
 	}
-	for {
-		var (
-			data []byte
-			rerr error
-		)
-		// The function runs when r may be readable (at once, then after
-		// each wait for readiness): the buffer is taken only then.
-		err := rc.Read(func(fd uintptr) bool {
-			bp := outputBufs.Get().(*[]byte)
-			defer outputBufs.Put(bp)
-			var n int
-			for {
-				n, rerr = unix.Read(int(fd), *bp)
-				if rerr != unix.EINTR {
-					break
-				}
+	var (
+		bp   *[]byte
+		n    int
+		rerr error
+	)
+	// fill runs when r may be readable (at once, then after each wait for
+	// readiness): the buffer is taken only then. Made once, as it escapes.
+	fill := func(fd uintptr) bool {
+		bp = outputBufs.Get().(*[]byte)
+		for {
+			n, rerr = unix.Read(int(fd), *bp)
+			if rerr != unix.EINTR {
+				break
 			}
-			if rerr == unix.EAGAIN {
-				return false
-			}
-			if n > 0 {
-				data = append([]byte(nil), (*bp)[:n]...)
-			} else if rerr == nil {
-				rerr = io.EOF
-			}
-			return true
-		})
-		if data != nil {
-			out.write(lw, chunk{stream: stream, data: data})
 		}
-		// EOF, EIO from a pty master (the normal end of a terminal), or r
-		// closed under us: the stream has ended.
-		if err != nil || (rerr != nil && data == nil) {
+		if rerr == unix.EAGAIN {
+			outputBufs.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
+	}
+	for {
+		bp, n, rerr = nil, 0, nil
+		err := rc.Read(fill)
+		if n > 0 {
+			out.write(lw, stream, (*bp)[:n])
+		}
+		if bp != nil {
+			outputBufs.Put(bp)
+		}
+		// EOF (n == 0), EIO from a pty master (the normal end of a
+		// terminal), or r closed under us: the stream has ended.
+		if err != nil || n <= 0 {
 			return
 		}
 	}

@@ -117,10 +117,12 @@ type Service struct {
 	Prefork   *container.Preforked
 	preforkMu sync.Mutex
 	// Settled, when set, runs once, when the shim's busy start is over:
-	// after the first Create, before the heap is handed back (berth-shim
-	// turns its garbage collector on there).
+	// after the first Create (berth-shim sets its memory policy there).
 	Settled     func()
 	settledOnce sync.Once
+	// Trim, when set, replaces debug.FreeOSMemory after a burst of work
+	// (berth-shim's does nothing while its collector is off).
+	Trim func()
 
 	// Loop-owned state.
 	c          *container.Container
@@ -462,7 +464,11 @@ func (s *Service) trimMemory() {
 	if s.Settled != nil {
 		s.settledOnce.Do(s.Settled)
 	}
-	debug.FreeOSMemory()
+	if s.Trim != nil {
+		s.Trim()
+	} else {
+		debug.FreeOSMemory()
+	}
 	if s.log.Enabled(s.ctx, slog.LevelDebug) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
