@@ -526,9 +526,16 @@ func adopt(state, dir string, req bundle.AdoptRequest) error {
 	return nil
 }
 
+// maxAdoptMsg bounds an adoption message: a bundle path (at most
+// PATH_MAX), an ID, a namespace and JSON around them.
+const maxAdoptMsg = 8 << 10
+
 func readAdopt(ctl *os.File) (bundle.AdoptRequest, error) {
 	var req bundle.AdoptRequest
-	buf := make([]byte, 64<<10)
+	// One datagram (SOCK_SEQPACKET) of a few paths: one that does not fit
+	// is cut short and fails to decode. Not 64 KiB: the shim runs without
+	// a collector (see memPolicy), so what it allocates stays.
+	buf := make([]byte, maxAdoptMsg)
 	n, err := ctl.Read(buf)
 	if err != nil {
 		return req, err
