@@ -195,18 +195,9 @@ func (s *Spec) Terminal() bool { return s.view.Process != nil && s.view.Process.
 func execFlags(nss []specs.LinuxNamespace) uintptr {
 	var flags uintptr
 	for _, ns := range nss {
-		switch ns.Type {
-		case specs.MountNamespace:
-			flags |= unix.CLONE_NEWNS
-		case specs.PIDNamespace:
-			flags |= unix.CLONE_NEWPID
-		case specs.UTSNamespace:
-			flags |= unix.CLONE_NEWUTS
-		case specs.IPCNamespace:
-			flags |= unix.CLONE_NEWIPC
-		case specs.NetworkNamespace:
-			flags |= unix.CLONE_NEWNET
-		case specs.CgroupNamespace:
+		if f, ok := cloneFlags[ns.Type]; ok {
+			flags |= f
+		} else if ns.Type == specs.CgroupNamespace {
 			flags |= unix.CLONE_NEWCGROUP
 		}
 	}
