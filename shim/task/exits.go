@@ -17,21 +17,23 @@ import (
 // each exit once. It never calls wait(-1): the container package reaps
 // its own short-lived exec helpers, and a wildcard wait would steal them.
 //
-// One goroutine waits on an epoll fd holding every registered pidfd; a
-// pidfd polls readable when its process exits, and waitid(P_PIDFD) then
-// reaps exactly that process. Registration from other goroutines is safe
-// while it waits (the kernel allows concurrent epoll_ctl). The epoll fd is
-// non-blocking and itself waited for by the Go runtime's poller (an epoll
-// fd is readable while it has ready events), so the wait holds no OS
-// thread: a thread blocked in epoll_wait costs a shim its stack and more.
+// Each process has a goroutine that waits for its pidfd in the Go
+// runtime's poller (a pidfd polls readable when its process exits), so
+// the wait holds no OS thread, and then reaps exactly that process with
+// waitid(P_PIDFD). The pidfds are registered with the poller directly:
+// an earlier design gathered them in an epoll fd of its own, itself
+// waited for in the poller, and once (in CI) an exit stayed unreported
+// for half an hour with that watcher parked; the nested epoll's wakeup was
+// lost or never came. A recheck every exitRecheck still bounds any such
+// loss.
 type exitWatcher struct {
-	epfd int
-	ep   *os.File // epfd, for the runtime poller
-	rc   syscall.RawConn
-	out  chan<- exitEvent
+	out chan<- exitEvent
 
-	mu   sync.Mutex
-	keys map[int32]string // pidfd → exec id ("" = init)
+	mu     sync.Mutex
+	files  map[*os.File]struct{} // the pidfds being waited for
+	closed bool
+	done   chan struct{} // closed by close
+	wg     sync.WaitGroup
 }
 
 // exitEvent is one reaped process.
@@ -42,103 +44,119 @@ type exitEvent struct {
 }
 
 func newExitWatcher(out chan<- exitEvent) (*exitWatcher, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		return nil, err
-	}
-	ep := os.NewFile(uintptr(epfd), "pidfd-epoll")
-	rc, err := ep.SyscallConn()
-	if err != nil {
-		ep.Close()
-		return nil, err
-	}
-	return &exitWatcher{epfd: epfd, ep: ep, rc: rc, out: out, keys: map[int32]string{}}, nil
+	return &exitWatcher{out: out, files: map[*os.File]struct{}{}, done: make(chan struct{})}, nil
 }
 
-// add watches pidfd, which the watcher then owns and closes after reaping.
+// add watches pidfd, which the watcher then owns and closes after
+// reaping (or at once, on error). The descriptor's file status is made
+// non-blocking: it must not share its open file description with a
+// descriptor someone waits on (open a fresh one with pidfd_open rather
+// than dup one).
 func (w *exitWatcher) add(pidfd int, execID string) error {
-	w.mu.Lock()
-	w.keys[int32(pidfd)] = execID
-	w.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(pidfd)}
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, pidfd, &ev); err != nil {
-		w.mu.Lock()
-		delete(w.keys, int32(pidfd))
-		w.mu.Unlock()
+	if err := unix.SetNonblock(pidfd, true); err != nil {
+		unix.Close(pidfd)
 		return err
 	}
+	f := os.NewFile(uintptr(pidfd), "pidfd")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		f.Close()
+		return os.ErrClosed
+	}
+	w.files[f] = struct{}{}
+	w.wg.Add(1)
+	go w.watch(f, rc, execID)
 	return nil
 }
 
 // exitRecheck bounds how long the watcher trusts the runtime poller
-// alone: it then looks at the pidfds itself. Once, in CI, a shim's
-// watcher stayed parked for half an hour after its init had exited, and
-// the exit never reached berthd (a restart policy stalled); the poller's
-// wakeup for this nested epoll fd was lost, or never came. The recheck
-// bounds such a loss to this delay.
+// alone: it then looks at the pidfd itself, and warns if that finds an
+// exit the poller did not report.
 const exitRecheck = 5 * time.Second
 
-// run reaps until the epoll fd is closed (close).
-func (w *exitWatcher) run() {
-	events := make([]unix.EpollEvent, 8)
-	for {
-		var n int
-		var werr error
-		w.ep.SetReadDeadline(time.Now().Add(exitRecheck))
-		// Read calls the function until it returns true, parking in the
-		// runtime poller in between; it fails once close has run, or at
-		// the deadline.
-		err := w.rc.Read(func(fd uintptr) bool {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			return n > 0 || (werr != nil && werr != unix.EINTR)
-		})
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			n, werr = unix.EpollWait(w.epfd, events, 0)
-			if werr == unix.EINTR {
-				continue
+// watch waits for one process's exit, reaps it and reports it; it ends
+// early, reporting nothing, once close has run.
+func (w *exitWatcher) watch(f *os.File, rc syscall.RawConn, execID string) {
+	defer w.wg.Done()
+	defer func() {
+		w.mu.Lock()
+		delete(w.files, f)
+		w.mu.Unlock()
+		f.Close()
+	}()
+	var (
+		status uint32
+		done   bool
+	)
+	reap := func(fd uintptr) bool {
+		status, done = reapPidfd(int(fd))
+		return done
+	}
+	for !done {
+		f.SetReadDeadline(time.Now().Add(exitRecheck))
+		// Read calls reap until it returns true, parking in the runtime
+		// poller in between; it fails once close has run, or at the
+		// deadline.
+		err := rc.Read(reap)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if rc.Control(func(fd uintptr) { status, done = reapPidfd(int(fd)) }) == nil && done {
+				slog.Warn("exit seen by the recheck, not the poller", "component", "exit watcher", "exec_id", execID)
 			}
-			if werr == nil && n > 0 {
-				w.log("exit seen by the recheck, not the poller")
-			}
-		} else if err != nil {
+		case err != nil:
 			return
 		}
-		if werr != nil {
-			return
-		}
-		for _, ev := range events[:n] {
-			fd := int(ev.Fd)
-			var info unix.Siginfo
-			err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG, nil)
-			if err == unix.EINTR {
-				continue // still readable: the next epoll_wait returns it
-			}
-			if err == nil && info.Signo == 0 {
-				continue // not yet exited (spurious wakeup)
-			}
-			status := uint32(255)
-			if err == nil {
-				status = exitStatus(&info)
-			}
-			unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-			unix.Close(fd)
-			w.mu.Lock()
-			id := w.keys[int32(fd)]
-			delete(w.keys, int32(fd))
-			w.mu.Unlock()
-			w.out <- exitEvent{execID: id, status: status, at: time.Now()}
-		}
+	}
+	select {
+	case w.out <- exitEvent{execID: execID, status: status, at: time.Now()}:
+	case <-w.done:
 	}
 }
 
-func (w *exitWatcher) close() { w.ep.Close() }
+// reapPidfd reaps the process of pidfd if it has exited, with its
+// shell-style status (255 if it cannot be had).
+func reapPidfd(fd int) (status uint32, exited bool) {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG, nil)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN, err == nil && info.Signo == 0:
+			return 0, false // not yet exited
+		case err != nil:
+			// Not ours to reap (ECHILD): report it once it has exited,
+			// with the status unknown.
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, perr := unix.Poll(pfd, 0); perr == nil && n == 0 {
+				return 0, false
+			}
+			return 255, true
+		}
+		return exitStatus(&info), true
+	}
+}
 
-// log notes what should not happen, so that its cause can be found.
-func (w *exitWatcher) log(msg string) { slog.Warn(msg, "component", "exit watcher") }
+// close stops every wait (their processes go unreported) and waits for
+// the goroutines to end.
+func (w *exitWatcher) close() {
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.done)
+	}
+	for f := range w.files {
+		f.Close()
+	}
+	w.mu.Unlock()
+	w.wg.Wait()
+}
 
 // exitStatus turns a waitid result into a shell-style status: the exit
 // code, or 128+signal for a killed process.

@@ -149,7 +149,6 @@ func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Serv
 		ops: make(chan func()), exits: exits, w: w, ctx: ctx, stop: stop,
 		Done: make(chan struct{}), procs: map[string]*proc{}, eventsWake: make(chan struct{}),
 	}
-	go w.run()
 	go s.loop()
 	return s, nil
 }
@@ -396,7 +395,9 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		}
 	}
 	s.startCopiers(p)
-	pidfd, err := unix.Dup(c.PidFD())
+	// A pidfd of the watcher's own (not a dup, which would share its
+	// non-blocking mode with the container's).
+	pidfd, err := unix.PidfdOpen(c.Pid(), unix.PIDFD_NONBLOCK)
 	if err == nil {
 		err = s.w.add(pidfd, "")
 	}
@@ -586,7 +587,9 @@ func (s *Service) startExec(ctx context.Context, c *container.Container, p *proc
 	})
 	s.startCopiers(p)
 	if err := s.w.add(xp.PidFD, p.execID); err != nil {
-		unix.PidfdSendSignal(xp.PidFD, unix.SIGKILL, nil, 0)
+		// add closed the pidfd; the pid is safe to signal: our child,
+		// not yet reaped, it cannot have been reused.
+		unix.Kill(xp.Pid, unix.SIGKILL)
 		return nil, status.Errorf(codes.Internal, "watch exec %s: %v", p.execID, err)
 	}
 	return &shimv1.StartResponse{Pid: uint32(xp.Pid)}, nil
