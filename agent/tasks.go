@@ -747,7 +747,11 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 		}
 	case "/tasks/start":
 		a.setStatus(ctx, id, func(st *berthv1.ContainerStatus) {
-			if st.State != berthv1.ContainerState_CONTAINER_STATE_EXITED {
+			// Only a created container becomes running: the exit of a
+			// fast process may have been recorded already, and a restart
+			// policy may have acted on it (RESTARTING), which a late
+			// start must not undo.
+			if st.State == berthv1.ContainerState_CONTAINER_STATE_CREATED {
 				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, ev.GetPid()
 				if st.StartedAt == nil {
 					st.StartedAt = ev.GetTimestamp()

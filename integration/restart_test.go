@@ -1,7 +1,11 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -124,4 +128,86 @@ func TestRestartPolicies(t *testing.T) {
 		t.Fatalf("restart count in inspect: %q", out)
 	}
 	d.mustCtl("rm", "-f", "flaky", "clean", "keeper")
+}
+
+// A process that exits at once races its own start: the shim may reap it
+// before Start has recorded itself. Its events still come start first,
+// then exit, and a restart policy sees every exit: a late start event
+// once put a restarting container back to RUNNING with nothing running,
+// and its restarts stopped (a CI hang of TestRestartPolicies).
+func TestFastExitsComeAfterTheirStart(t *testing.T) {
+	reg := fixture.StartRegistry(t)
+	reg.Push(t, reg.Ref("library/busybox:latest"), fixture.Busybox(t))
+	d := startDaemon(t, withConfig(mirrorConfig(reg.Addr)))
+	d.mustCtl("pull", "-q", "busybox")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ev := exec.CommandContext(ctx, filepath.Join(binDir, "berthctl"), "--address", d.socket, "events", "--filter", "type=task", "--format", "json")
+	var out syncBuffer
+	ev.Stdout = &out
+	if err := ev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ev.Process.Kill(); ev.Wait() }()
+	// The subscription counts once an event shows.
+	for i := 0; !strings.Contains(out.String(), "/tasks/exit"); i++ {
+		if i == 100 {
+			t.Fatalf("no task event seen: %q", out.String())
+		}
+		d.mustCtl("run", "--rm", "--network", "none", "busybox", "true")
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	const n = 8
+	for i := 0; i < n; i++ {
+		d.mustCtl("run", "-d", "--network", "none", "--name", fmt.Sprintf("fast%d", i), "--restart", "on-failure:2", "busybox", "sh", "-c", "exit 3")
+	}
+	ids := map[string]string{}
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("fast%d", i)
+		eventually(t, name+" restarted twice and exited", 2*time.Minute, func() bool {
+			s := d.containerState(name)
+			return s.State == "EXITED" && s.RestartCount == 2
+		})
+		if s := d.containerState(name); s.ExitCode != 3 {
+			t.Fatalf("%s: %+v, want exit code 3", name, s)
+		}
+		ids[strings.TrimSpace(d.mustCtl("inspect", "--format", "{{.id}}", name))] = name
+	}
+	// Each of the three runs of each container: its start, then its exit.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var e struct {
+			Topic string `json:"topic"`
+			ID    string `json:"id"`
+		}
+		seq := map[string]string{}
+		for _, line := range strings.Split(out.String(), "\n") {
+			if json.Unmarshal([]byte(line), &e) == nil && ids[e.ID] != "" {
+				switch e.Topic {
+				case "/tasks/start":
+					seq[e.ID] += "s"
+				case "/tasks/exit":
+					seq[e.ID] += "x"
+				}
+			}
+		}
+		bad := ""
+		for id, name := range ids {
+			if seq[id] != "sxsxsx" {
+				bad += fmt.Sprintf(" %s:%q", name, seq[id])
+			}
+		}
+		if bad == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task events out of order (s start, x exit; want sxsxsx):%s", bad)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < n; i++ {
+		d.mustCtl("rm", "-f", fmt.Sprintf("fast%d", i))
+	}
 }

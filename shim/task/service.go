@@ -61,6 +61,10 @@ const ReasonInitFailed = "INIT_FAILED"
 // maxEvents bounds the unacknowledged event queue.
 const maxEvents = 4096
 
+// startWaitBound bounds how long an exit waits for the Start under way
+// to record itself (see handleExit).
+const startWaitBound = 30 * time.Second
+
 // ioDrainTimeout bounds how long an exit waits for the process's output to
 // reach EOF: a process that left a grandchild holding the pipe must not
 // delay its exit forever.
@@ -95,6 +99,9 @@ type proc struct {
 	logPath  string
 	logFiles int
 	lineW    []*logfile.LineWriter // stdout's, stderr's; set before sharing
+	// starting is closed when a Start of the init has done its
+	// bookkeeping (the start event, or the failure code); nil before.
+	starting chan struct{}
 }
 
 // Service serves ShimService for one container.
@@ -202,7 +209,18 @@ func (s *Service) handleExit(e exitEvent) {
 		return
 	}
 	c := s.c
+	starting := p.starting
 	go func() {
+		if starting != nil {
+			// A Start is under way: its event (or its failure code) comes
+			// before this exit, however fast the process was. Bounded, as
+			// Start returns once the init has exec'd or failed.
+			select {
+			case <-starting:
+			case <-time.After(startWaitBound):
+				s.log.Warn("exit recorded while its start is still under way", "exec", e.execID)
+			}
+		}
 		drained := make(chan struct{})
 		go func() { p.ioWG.Wait(); close(drained) }()
 		select {
@@ -514,11 +532,20 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 	}
 	var c *container.Container
 	var st shimv1.Status
-	s.do(func() { c, st = s.c, p.status })
+	started := make(chan struct{})
+	s.do(func() {
+		c, st = s.c, p.status
+		if st == shimv1.Status_STATUS_CREATED && req.GetExecId() == "" && p.starting == nil {
+			p.starting = started
+		}
+	})
 	if st != shimv1.Status_STATUS_CREATED {
 		return nil, status.Errorf(codes.FailedPrecondition, "process %q of %s is %s, not created", req.GetExecId(), s.id, st)
 	}
 	if req.GetExecId() == "" {
+		// The init's exit, however soon it comes, is recorded after this
+		// start (its event or its failure code): see handleExit.
+		defer close(started)
 		if err := c.Start(); err != nil {
 			var ie *container.InitError
 			if errors.As(err, &ie) {
@@ -529,8 +556,8 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 		s.do(func() {
 			if p.status == shimv1.Status_STATUS_CREATED {
 				p.status = shimv1.Status_STATUS_RUNNING
+				s.publish(&shimv1.EventsResponse{Topic: "/tasks/start", Pid: uint32(p.pid)})
 			}
-			s.publish(&shimv1.EventsResponse{Topic: "/tasks/start", Pid: uint32(p.pid)})
 		})
 		go s.trimMemory()
 		return &shimv1.StartResponse{Pid: uint32(p.pid)}, nil
