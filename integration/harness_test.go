@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -153,12 +154,82 @@ func newDaemon(t testing.TB, opts ...daemonOption) *daemon {
 	}
 	t.Cleanup(func() {
 		d.stop()
-		if t.Failed() && d.logs != nil {
-			t.Logf("berthd log:\n%s", d.logs.String())
+		if t.Failed() {
+			if d.logs != nil {
+				t.Logf("berthd log:\n%s", d.logs.String())
+			}
+			d.cleanupAfterFailure(base)
 		}
 		os.RemoveAll(base)
 	})
 	return d
+}
+
+// cleanupAfterFailure removes what a failed test may have left running:
+// shims outlive berthd by design, and a test that stopped half-way did
+// not remove its containers. This daemon's shims are killed (their
+// containers die with them); a fresh berthd then settles their tasks
+// (unmounts, cgroups, networks) and removes every container; what is
+// still mounted under base is unmounted last.
+func (d *daemon) cleanupAfterFailure(base string) {
+	killShimsOf(d.state)
+	d.logs = &syncBuffer{}
+	cmd := exec.Command(filepath.Join(binDir, "berthd"), d.args()...)
+	cmd.Stdout, cmd.Stderr = d.logs, d.logs
+	if cmd.Start() == nil {
+		d.cmd, d.exited = cmd, make(chan struct{})
+		go func() { d.exitErr = cmd.Wait(); close(d.exited) }()
+		for i := 0; i < 500; i++ {
+			if _, code := d.ctlQuiet("version"); code == 0 {
+				nss, _ := d.ctlQuiet("namespace", "ls", "-q")
+				for _, ns := range append(strings.Fields(nss), "default") {
+					if out, code := d.ctlQuiet("ps", "-aq", "--namespace", ns); code == 0 {
+						for _, id := range strings.Fields(out) {
+							d.ctlQuiet("rm", "-f", "--namespace", ns, id)
+						}
+					}
+				}
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d.stop()
+		killShimsOf(d.state) // the warm ones a stop leaves are gone already
+	}
+	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		var under []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], base+"/") {
+				under = append(under, f[4])
+			}
+		}
+		for i := len(under) - 1; i >= 0; i-- { // the latest, hence innermost, first
+			syscall.Unmount(under[i], syscall.MNT_DETACH)
+		}
+	}
+}
+
+// killShimsOf kills, with SIGKILL, every process started with --state
+// state (the shims of one test's daemon).
+func killShimsOf(state string) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		for i := 0; i+1 < len(args); i++ {
+			if args[i] == "--state" && args[i+1] == state {
+				syscall.Kill(pid, syscall.SIGKILL)
+				break
+			}
+		}
+	}
 }
 
 // startDaemon starts a berthd and waits until it answers.
