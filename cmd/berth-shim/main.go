@@ -349,6 +349,9 @@ func (m *memPolicy) collected() {
 	}
 	debug.SetGCPercent(settledGCPercent)
 	debug.SetMemoryLimit(math.MaxInt64)
+	// The heap grew to the limit: hand back what this collection freed
+	// now, rather than at the background scavenger's pace.
+	debug.FreeOSMemory()
 }
 
 // trim hands the heap grown by a burst of work back to the OS, once a

@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -263,6 +264,9 @@ func (s *Service) handleExit(e exitEvent) {
 		s.do(func() {
 			p.status = shimv1.Status_STATUS_STOPPED
 			close(p.done)
+			if e.execID != "" {
+				s.forgetOldExecs(p)
+			}
 			if oom && !s.oomSeen {
 				// The kernel's notification may trail the exit; the OOM
 				// is reported before the exit it caused either way.
@@ -273,6 +277,31 @@ func (s *Service) handleExit(e exitEvent) {
 				ExitStatus: status, ExitedAt: timestamppb.New(e.at), OomKilled: oom})
 		})
 	}()
+}
+
+// maxExitedExecs bounds the exited exec'd processes a shim remembers for
+// Wait, State and Delete. A client that execs and never deletes (berthctl
+// exec, as docker exec) would otherwise grow the shim by each one, for the
+// container's lifetime.
+const maxExitedExecs = 32
+
+// forgetOldExecs, after exec p exited, drops its spec (needed no more)
+// and the oldest exited execs beyond maxExitedExecs; loop only.
+func (s *Service) forgetOldExecs(p *proc) {
+	p.spec = nil
+	var exited []*proc
+	for id, q := range s.procs {
+		if id != "" && q.status == shimv1.Status_STATUS_STOPPED {
+			exited = append(exited, q)
+		}
+	}
+	if len(exited) <= maxExitedExecs {
+		return
+	}
+	slices.SortFunc(exited, func(a, b *proc) int { return a.exitedAt.Compare(b.exitedAt) })
+	for _, q := range exited[:len(exited)-maxExitedExecs] {
+		delete(s.procs, q.execID)
+	}
 }
 
 // publish queues an event; loop only.
@@ -597,6 +626,7 @@ func (s *Service) startExec(ctx context.Context, c *container.Container, p *proc
 		s.do(func() {
 			p.status, p.exit, p.exitedAt = shimv1.Status_STATUS_STOPPED, uint32(code), now
 			close(p.done)
+			s.forgetOldExecs(p)
 			s.publish(&shimv1.EventsResponse{Topic: "/tasks/exit", ExecId: p.execID, ExitStatus: uint32(code), ExitedAt: timestamppb.New(now)})
 		})
 		return nil, initStatus(err)
