@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/berth-dev/berth/integration/fixture"
 	"github.com/berth-dev/berth/metadata/namespaces"
 )
 
@@ -212,23 +212,16 @@ func (d *daemon) cleanupAfterFailure(base string) {
 // killShimsOf kills, with SIGKILL, every process started with --state
 // state (the shims of one test's daemon).
 func killShimsOf(state string) {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmdline), "\x00")
+	pids, _ := fixture.Processes(func(_ int, args []string) bool {
 		for i := 0; i+1 < len(args); i++ {
 			if args[i] == "--state" && args[i+1] == state {
-				syscall.Kill(pid, syscall.SIGKILL)
-				break
+				return true
 			}
 		}
+		return false
+	})
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

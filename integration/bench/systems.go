@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/berth-dev/berth/integration/fixture"
 )
 
 // system is one container engine under test, driven through its CLI.
@@ -339,34 +341,19 @@ func (c *containerd) shimPids() ([]int, error) { return pidsOf("containerd-shim-
 // line mentions marker (the system's private directory or socket), so an
 // installed engine's shims on the same machine are not counted.
 func pidsOf(exe, marker string) ([]int, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmdline), "\x00")
+	return fixture.Processes(func(pid int, args []string) bool {
 		if filepath.Base(args[0]) != exe {
-			continue
+			return false
 		}
-		if marker != "" && !strings.Contains(string(cmdline), marker) {
+		if marker != "" && !strings.Contains(strings.Join(args, "\x00"), marker) {
 			// The shim's cwd is its bundle under the system's state dir.
-			cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+			cwd, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "cwd"))
 			if !strings.Contains(cwd, marker) && !strings.Contains(cwd, filepath.Dir(marker)) {
-				continue
+				return false
 			}
 		}
-		pids = append(pids, pid)
-	}
-	return pids, nil
+		return true
+	})
 }
 
 // memory reads a process's PSS and RSS in KiB from smaps_rollup.
