@@ -141,7 +141,10 @@ func shimsMentioning(s string) []int {
 			continue
 		}
 		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && strings.Contains(string(cmd), s) && strings.Contains(string(cmd), "berth-shim") {
+		// Serving shims only: `berth-shim start` is the launcher, which
+		// exits once it has printed the bootstrap line (and, exiting, has
+		// no working directory to tell whether it is warm).
+		if err == nil && strings.Contains(string(cmd), s) && strings.Contains(string(cmd), "berth-shim\x00serve\x00") {
 			out = append(out, pid)
 		}
 	}
