@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,12 +181,6 @@ func (s *Service) Pull(ctx context.Context, refStr string, opts PullOptions) (_ 
 
 	previous, _ := s.opts.DB.Images().Get(ctx, ref.Name)
 	changed, err := s.fetchAndUnpack(ctx, l, rc, m.Layers, cfg.RootFS.DiffIDs, progress)
-	if changed {
-		// The download rings and unpack buffers of a large pull are tens
-		// of MiB of heap, garbage now; without this berthd's RSS stays at
-		// its peak until the runtime's next forced GC, minutes later.
-		debug.FreeOSMemory()
-	}
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref.Familiar(), err)
 	}

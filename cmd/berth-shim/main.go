@@ -44,6 +44,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -245,14 +246,15 @@ func launch(sock, dir string, args []string, extra *os.File) error {
 	return err
 }
 
-// serveEnv is the environment of the long-lived shim: the runtime settings
-// that must hold from its first instruction, before main could make them.
-// One P from the start (GOMAXPROCS(1) later would hand the second P's
-// cached spans back to the heap, which costs the runtime bookkeeping
-// pages that it never returns); no heap profiling, whose first sample,
-// taken during package initialisation, would allocate the profile's
-// tables. The container's processes do not inherit it: they get the
-// spec's environment.
+// serveEnv is the environment of the long-lived shim (launch is the one
+// way it starts): the runtime settings that must hold from its first
+// instruction, before main could make them. One P: a shim mostly sleeps,
+// every P carries its own caches, and GOMAXPROCS(1) in main would hand
+// the second P's cached spans back to the heap, which costs the runtime
+// bookkeeping pages it never returns. No heap profiling: its first
+// sample, taken during package initialisation, would allocate the
+// profile's tables. The container's processes do not inherit it: they get
+// the spec's environment.
 func serveEnv(env []string) []string {
 	out := make([]string, 0, len(env)+2)
 	godebug := "memprofilerate=0"
@@ -307,9 +309,10 @@ const (
 	settledGCPercent = 25
 )
 
-// memPolicy carries out the policy above; its methods are the task
-// service's Settled and Trim hooks.
+// memPolicy carries out the policy above; trim is the task service's
+// Trim hook.
 type memPolicy struct {
+	settled    sync.Once
 	collecting atomic.Bool
 }
 
@@ -327,8 +330,8 @@ func (m *memPolicy) start() {
 	runtime.AddCleanup(new(gcSentinel), func(struct{}) { m.collected() }, struct{}{})
 }
 
-// settle is called once the container is created: the limit becomes the
-// runtime's memory now plus idleHeadroom.
+// settle runs once the container is created (trim's first call): the
+// limit becomes the runtime's memory now plus idleHeadroom.
 func (m *memPolicy) settle() {
 	if m.collecting.Load() {
 		return
@@ -354,10 +357,11 @@ func (m *memPolicy) collected() {
 	debug.FreeOSMemory()
 }
 
-// trim hands the heap grown by a burst of work back to the OS, once a
-// collector runs; before that, a collection would cost more than the
-// garbage it frees.
+// trim settles the policy after the container's Create, then hands the
+// heap grown by a burst of work back to the OS once a collector runs;
+// before that, a collection would cost more than the garbage it frees.
 func (m *memPolicy) trim() {
+	m.settled.Do(m.settle)
 	if m.collecting.Load() {
 		debug.FreeOSMemory()
 	}
@@ -366,11 +370,9 @@ func (m *memPolicy) trim() {
 // setupServe is what every long-lived shim does first: runtime settings,
 // logging, subreaper, signals, and the listener on fd 3.
 func setupServe(debugLog bool) (*slog.Logger, net.Listener, error) {
-	// No garbage collection for as long as it can (see memPolicy).
+	// No garbage collection for as long as it can (see memPolicy). One P
+	// it has from its environment (serveEnv).
 	shimMemory.start()
-	// One P: a shim mostly sleeps, and every P carries its own caches
-	// and (with its threads) their stacks.
-	runtime.GOMAXPROCS(1)
 	level := slog.LevelInfo
 	if debugLog {
 		level = slog.LevelDebug
@@ -405,7 +407,7 @@ func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre 
 	}
 	defer svc.Close()
 	svc.SeccompCacheDir = filepath.Join(state, "seccomp")
-	svc.Settled, svc.Trim = shimMemory.settle, shimMemory.trim
+	svc.Trim = shimMemory.trim
 	svc.Prefork = pre
 	srv, err := ttrpc.NewServer()
 	if err != nil {

@@ -39,12 +39,24 @@ type Process struct {
 // It returns once the process has exec'd, or with an *InitError (e.g.
 // executable not found, ExitCode 127). Nothing waits for the process: that
 // is the caller's job.
-func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) (_ *Process, retErr error) {
-	if !nsenter.Available {
-		return nil, fmt.Errorf("exec in %s: needs a cgo build (nsenter): %w", c.id, errdefs.ErrNotImplemented)
-	}
+func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) (*Process, error) {
 	if proc == nil || len(proc.Args) == 0 {
 		return nil, fmt.Errorf("exec in %s: no process args: %w", c.id, errdefs.ErrInvalidArgument)
+	}
+	raw, err := json.Marshal(proc)
+	if err != nil {
+		return nil, fmt.Errorf("exec in %s: encode process: %w", c.id, err)
+	}
+	return c.ExecJSON(ctx, raw, proc.Terminal, stdio)
+}
+
+// ExecJSON is Exec for a process given as the JSON of a specs.Process,
+// which goes to the process's init as it is (a shim that got it as JSON
+// need not decode and encode it again); terminal overrides its terminal
+// field. The caller has checked that it names args.
+func (c *Container) ExecJSON(ctx context.Context, process []byte, terminal bool, stdio Stdio) (_ *Process, retErr error) {
+	if !nsenter.Available {
+		return nil, fmt.Errorf("exec in %s: needs a cgo build (nsenter): %w", c.id, errdefs.ErrNotImplemented)
 	}
 	c.mu.Lock()
 	closed, pidfd := c.closed, c.pidfd
@@ -70,7 +82,7 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 	defer devnull.Close()
 	files := make([]uintptr, 0, 5)
 	for _, f := range []*os.File{stdio.Stdin, stdio.Stdout, stdio.Stderr} {
-		if f == nil || proc.Terminal {
+		if f == nil || terminal {
 			f = devnull
 		}
 		files = append(files, f.Fd())
@@ -146,11 +158,7 @@ func (c *Container) Exec(ctx context.Context, proc *specs.Process, stdio Stdio) 
 		}
 	}()
 
-	procJSON, err := json.Marshal(proc)
-	if err != nil {
-		return nil, fmt.Errorf("exec in %s: encode process: %w", c.id, err)
-	}
-	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{ProcessJSON: procJSON, Terminal: proc.Terminal, Seccomp: c.seccomp}}, -1); err != nil {
+	if err := sock.send(syncMsg{Type: msgBootstrap, Config: &initConfig{ProcessJSON: process, Terminal: terminal, Seccomp: c.seccomp}}, -1); err != nil {
 		return nil, fmt.Errorf("exec in %s: %w", c.id, err)
 	}
 	for {

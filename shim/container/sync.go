@@ -133,14 +133,19 @@ type initConfig struct {
 // initSpecDoc decodes a config.json without its seccomp section: the
 // outer Linux field, being shallower, hides the embedded Spec's, and the
 // outer Seccomp hides specs.Linux's (encoding/json's rule for embedded
-// fields), so the profile is kept as bytes and never decoded.
+// fields), so the profile is skipped, neither decoded nor copied.
 type initSpecDoc struct {
 	specs.Spec
 	Linux *struct {
 		specs.Linux
-		Seccomp json.RawMessage `json:"seccomp,omitempty"`
+		Seccomp skipped `json:"seccomp,omitempty"`
 	} `json:"linux,omitempty"`
 }
+
+// skipped is a JSON value that is read past and kept nowhere.
+type skipped struct{}
+
+func (*skipped) UnmarshalJSON([]byte) error { return nil }
 
 // spec decodes SpecJSON (seccomp left out) or, for an exec, ProcessJSON
 // into a spec holding only that process.

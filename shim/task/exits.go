@@ -26,11 +26,10 @@ import (
 type exitWatcher struct {
 	out chan<- exitEvent
 
-	mu     sync.Mutex
-	files  map[*os.File]struct{} // the pidfds being waited for
-	closed bool
-	done   chan struct{} // closed by close
-	wg     sync.WaitGroup
+	mu    sync.Mutex
+	files map[*os.File]struct{} // the pidfds being waited for
+	done  chan struct{}         // closed by close
+	wg    sync.WaitGroup
 }
 
 // exitEvent is one reaped process.
@@ -40,8 +39,18 @@ type exitEvent struct {
 	at     time.Time
 }
 
-func newExitWatcher(out chan<- exitEvent) (*exitWatcher, error) {
-	return &exitWatcher{out: out, files: map[*os.File]struct{}{}, done: make(chan struct{})}, nil
+func newExitWatcher(out chan<- exitEvent) *exitWatcher {
+	return &exitWatcher{out: out, files: map[*os.File]struct{}{}, done: make(chan struct{})}
+}
+
+// closed reports whether close has run; called with mu held.
+func (w *exitWatcher) closed() bool {
+	select {
+	case <-w.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // add watches pidfd, which the watcher then owns and closes after
@@ -62,7 +71,7 @@ func (w *exitWatcher) add(pidfd int, execID string) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
+	if w.closed() {
 		f.Close()
 		return os.ErrClosed
 	}
@@ -149,8 +158,7 @@ func reapPidfd(fd int) (status uint32, exited bool) {
 // the goroutines to end.
 func (w *exitWatcher) close() {
 	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
+	if !w.closed() {
 		close(w.done)
 	}
 	for f := range w.files {

@@ -32,10 +32,7 @@ func watchChild(t *testing.T, w *exitWatcher, execID string, args ...string) *ex
 // processes still running, reporting nothing for them.
 func TestExitWatcher(t *testing.T) {
 	out := make(chan exitEvent, 8)
-	w, err := newExitWatcher(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := newExitWatcher(out)
 	slow := watchChild(t, w, "slow", "sleep", "0.3")
 	watchChild(t, w, "three", "sh", "-c", "exit 3")
 	killed := watchChild(t, w, "killed", "sleep", "60")

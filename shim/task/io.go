@@ -74,19 +74,12 @@ func (f *fanout) write(lw *logfile.LineWriter, stream shimv1.OutputStream, data 
 	if lw != nil {
 		lw.Write(data)
 	}
-	if len(f.subs) > 0 || (f.keep && f.size+len(data) <= historyLimit) {
-		f.publishLocked(chunk{stream: stream, data: append([]byte(nil), data...)})
+	history := f.keep && f.size+len(data) <= historyLimit
+	if !history && len(f.subs) == 0 {
+		return
 	}
-}
-
-func (f *fanout) publish(c chunk) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.publishLocked(c)
-}
-
-func (f *fanout) publishLocked(c chunk) {
-	if f.keep && f.size+len(c.data) <= historyLimit {
+	c := chunk{stream: stream, data: append([]byte(nil), data...)}
+	if history {
 		f.history = append(f.history, c)
 		f.size += len(c.data)
 	}

@@ -38,7 +38,6 @@ import (
 	"syscall"
 	"time"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -74,8 +73,10 @@ const ioDrainTimeout = 2 * time.Second
 // proc is one process: the init (execID "") or an exec'd one. Owned by
 // the loop, except the io fields set before it is shared.
 type proc struct {
-	execID   string
-	spec     *specs.Process // exec'd processes
+	execID string
+	// process is an exec'd process's specs.Process as JSON, until it
+	// starts.
+	process  []byte
 	terminal bool
 	// wantStdin: the client asked for stdin (a terminal's is the console).
 	wantStdin bool
@@ -124,12 +125,9 @@ type Service struct {
 	// Create; set before serving. The Service owns it.
 	Prefork   *container.Preforked
 	preforkMu sync.Mutex
-	// Settled, when set, runs once, when the shim's busy start is over:
-	// after the first Create (berth-shim sets its memory policy there).
-	Settled     func()
-	settledOnce sync.Once
-	// Trim, when set, replaces debug.FreeOSMemory after a burst of work
-	// (berth-shim's does nothing while its collector is off).
+	// Trim, when set, replaces debug.FreeOSMemory after a burst of work,
+	// the first being the container's Create (berth-shim's sets its
+	// memory policy then, and frees nothing while its collector is off).
 	Trim func()
 
 	// Loop-owned state.
@@ -147,10 +145,7 @@ type Service struct {
 // when ctx is cancelled (the shim exiting).
 func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Service, error) {
 	exits := make(chan exitEvent, 16)
-	w, err := newExitWatcher(exits)
-	if err != nil {
-		return nil, err
-	}
+	w := newExitWatcher(exits)
 	ctx, stop := context.WithCancel(ctx)
 	s := &Service{
 		id: id, ns: ns, bundleDir: bundleDir, log: log,
@@ -265,7 +260,7 @@ func (s *Service) handleExit(e exitEvent) {
 			p.status = shimv1.Status_STATUS_STOPPED
 			close(p.done)
 			if e.execID != "" {
-				s.forgetOldExecs(p)
+				s.forgetOldExecs()
 			}
 			if oom && !s.oomSeen {
 				// The kernel's notification may trail the exit; the OOM
@@ -285,10 +280,9 @@ func (s *Service) handleExit(e exitEvent) {
 // container's lifetime.
 const maxExitedExecs = 32
 
-// forgetOldExecs, after exec p exited, drops its spec (needed no more)
-// and the oldest exited execs beyond maxExitedExecs; loop only.
-func (s *Service) forgetOldExecs(p *proc) {
-	p.spec = nil
+// forgetOldExecs drops the oldest exited execs beyond maxExitedExecs;
+// loop only.
+func (s *Service) forgetOldExecs() {
 	var exited []*proc
 	for id, q := range s.procs {
 		if id != "" && q.status == shimv1.Status_STATUS_STOPPED {
@@ -509,9 +503,6 @@ func (s *Service) watchOOM(c *container.Container) {
 // trimMemory returns the heap grown by a burst of work to the OS, and
 // logs the runtime's view of the shim's memory at debug level.
 func (s *Service) trimMemory() {
-	if s.Settled != nil {
-		s.settledOnce.Do(s.Settled)
-	}
 	if s.Trim != nil {
 		s.Trim()
 	} else {
@@ -561,10 +552,13 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 	}
 	var c *container.Container
 	var st shimv1.Status
-	started := make(chan struct{})
+	var started chan struct{} // the init's: see handleExit
+	if req.GetExecId() == "" {
+		started = make(chan struct{})
+	}
 	s.do(func() {
 		c, st = s.c, p.status
-		if st == shimv1.Status_STATUS_CREATED && req.GetExecId() == "" && p.starting == nil {
+		if st == shimv1.Status_STATUS_CREATED && started != nil && p.starting == nil {
 			p.starting = started
 		}
 	})
@@ -608,11 +602,9 @@ func (s *Service) startExec(ctx context.Context, c *container.Container, p *proc
 			}
 		}
 	}
-	spec := *p.spec
-	spec.Terminal = p.terminal
-	xp, err := c.Exec(ctx, &spec, stdio)
+	xp, err := c.ExecJSON(ctx, p.process, p.terminal, stdio)
 	closeAll(p.childIO)
-	p.childIO = nil
+	p.childIO, p.process = nil, nil
 	if err != nil {
 		var ie *container.InitError
 		code := 128
@@ -626,7 +618,7 @@ func (s *Service) startExec(ctx context.Context, c *container.Container, p *proc
 		s.do(func() {
 			p.status, p.exit, p.exitedAt = shimv1.Status_STATUS_STOPPED, uint32(code), now
 			close(p.done)
-			s.forgetOldExecs(p)
+			s.forgetOldExecs()
 			s.publish(&shimv1.EventsResponse{Topic: "/tasks/exit", ExecId: p.execID, ExitStatus: uint32(code), ExitedAt: timestamppb.New(now)})
 		})
 		return nil, initStatus(err)
@@ -661,11 +653,17 @@ func (s *Service) Exec(ctx context.Context, req *shimv1.ExecRequest) (_ *shimv1.
 	if req.GetExecId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "exec_id is required")
 	}
-	var spec specs.Process
-	if err := json.Unmarshal(req.GetProcess(), &spec); err != nil {
+	// Checked here, and passed on as it came: the exec's init decodes it.
+	var view struct {
+		Args []string `json:"args"`
+	}
+	if err := json.Unmarshal(req.GetProcess(), &view); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "exec process: %v", err)
 	}
-	p := &proc{execID: req.GetExecId(), spec: &spec, terminal: req.GetTerminal(), wantStdin: req.GetStdin(), status: shimv1.Status_STATUS_CREATED,
+	if len(view.Args) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "exec process: no args")
+	}
+	p := &proc{execID: req.GetExecId(), process: req.GetProcess(), terminal: req.GetTerminal(), wantStdin: req.GetStdin(), status: shimv1.Status_STATUS_CREATED,
 		done: make(chan struct{}), out: newFanout(true)}
 	if !p.terminal {
 		if req.GetStdin() {
