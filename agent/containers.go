@@ -272,7 +272,8 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	ns := namespaces.FromContext(ctx)
 	// Marked before the record goes, cleared when all is gone: see
 	// waitRemoved.
-	defer a.removals.begin(ns, id)()
+	rm, end := a.removals.begin(ns, id)
+	defer end()
 	if t, err := a.runtime.Get(ns, id); err == nil {
 		st, serr := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
 		live := serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED
@@ -283,6 +284,7 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	if err := a.db.Containers().Delete(ctx, id); err != nil {
 		return err
 	}
+	rm.recordGone()
 	// The network is released in the background, alongside the rest:
 	// the container is gone for good, and CNI DEL is two plugin execs the
 	// caller need not wait for. The record of the attachment stays until
@@ -319,60 +321,73 @@ func fieldErr(field string, err error) error {
 // removals tracks the container removals in progress, for waitRemoved.
 type removals struct {
 	mu  sync.Mutex
-	now map[string]chan struct{} // ns/id → closed when the removal ends
+	now map[string]*removal // ns/id → the removal under way
 }
 
-// begin marks a removal of (ns, id) in progress; the returned func ends it.
-func (r *removals) begin(ns, id string) func() {
+// removal is one container removal under way. gone is closed once its
+// record is deleted, or once the removal ends without deleting it.
+type removal struct {
+	gone     chan struct{}
+	goneOnce sync.Once
+}
+
+func (r *removal) recordGone() { r.goneOnce.Do(func() { close(r.gone) }) }
+
+// begin marks a removal of (ns, id) in progress; end ends it.
+func (r *removals) begin(ns, id string) (rm *removal, end func()) {
 	k := ns + "/" + id
-	ch := make(chan struct{})
+	rm = &removal{gone: make(chan struct{})}
 	r.mu.Lock()
 	if r.now == nil {
-		r.now = map[string]chan struct{}{}
+		r.now = map[string]*removal{}
 	}
-	r.now[k] = ch
+	r.now[k] = rm
 	r.mu.Unlock()
-	return func() {
+	return rm, func() {
 		r.mu.Lock()
-		if r.now[k] == ch {
+		if r.now[k] == rm {
 			delete(r.now, k)
 		}
 		r.mu.Unlock()
-		close(ch)
+		rm.recordGone()
 	}
 }
 
-func (r *removals) inProgress(ns, id string) <-chan struct{} {
+// recordGone returns the channel closed when the removal of (ns, id)
+// under way has deleted its record, or nil if none is under way.
+func (r *removals) recordGone(ns, id string) <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.now[ns+"/"+id]
+	if rm := r.now[ns+"/"+id]; rm != nil {
+		return rm.gone
+	}
+	return nil
 }
 
-// waitRemoved waits, up to timeout or ctx's end, until container id is
-// removed for good: its record gone and no removal of it in progress (a
-// removal marks itself before it deletes the record, which goes first).
+// waitRemoved waits, up to timeout or ctx's end, until container id's
+// record is gone: for docker run --rm, whose client hears of the exit only
+// once the container is removed and its name free again. The removal's
+// other steps (its task, rootfs, logs) go on after the record, in the
+// background: a crash before they end leaves orphans that the next start
+// removes, and nothing the user can see or name.
 func (a *Agent) waitRemoved(ctx context.Context, id string, timeout time.Duration) {
 	ns := namespaces.FromContext(ctx)
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		_, err := a.db.Containers().Get(ctx, id)
-		if errdefs.IsNotFound(err) {
-			ch := a.removals.inProgress(ns, id)
-			if ch == nil {
-				return
-			}
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return
-			case <-deadline.C:
-				return
-			}
-			continue
+		if _, err := a.db.Containers().Get(ctx, id); errdefs.IsNotFound(err) {
+			return
+		}
+		// Not removed yet: wait for a removal under way to delete the
+		// record, or for one to begin (the exit handler starts it).
+		var wake <-chan time.Time
+		gone := a.removals.recordGone(ns, id)
+		if gone == nil {
+			wake = time.After(2 * time.Millisecond)
 		}
 		select {
-		case <-time.After(2 * time.Millisecond):
+		case <-gone:
+		case <-wake:
 		case <-ctx.Done():
 			return
 		case <-deadline.C:

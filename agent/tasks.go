@@ -804,6 +804,52 @@ func (a *Agent) autoRemove(ctx context.Context, id string) {
 	}
 }
 
+// removeOrphans finishes the removals a crash cut short. A removal
+// deletes the record first and the rest after it (for --rm, after the
+// client has its answer), so a berthd killed in between leaves a task, a
+// rootfs snapshot and a log dir that no record names: their key is the
+// container's ID.
+func (a *Agent) removeOrphans(ctx context.Context, recs []runtime.Recovered) {
+	orphan := func(ns, id string) bool {
+		_, err := a.db.Containers().Get(namespaces.WithNamespace(ctx, ns), id)
+		return errdefs.IsNotFound(err)
+	}
+	ids := map[[2]string]bool{}
+	for _, r := range recs {
+		if orphan(r.NS, r.ID) {
+			ids[[2]string{r.NS, r.ID}] = true
+		}
+	}
+	nsDirs, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers"))
+	for _, nd := range nsDirs {
+		if identifiers.Validate("namespace", nd.Name()) != nil {
+			continue
+		}
+		dirs, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers", nd.Name()))
+		for _, d := range dirs {
+			if identifiers.Validate("container id", d.Name()) == nil && orphan(nd.Name(), d.Name()) {
+				ids[[2]string{nd.Name(), d.Name()}] = true
+			}
+		}
+	}
+	for k := range ids {
+		ns, id := k[0], k[1]
+		nctx := namespaces.WithNamespace(ctx, ns)
+		a.log.Info("removing what a cut-short removal left", "container", id, "namespace", ns)
+		if _, err := a.runtime.Get(ns, id); err == nil {
+			if _, err := a.runtime.Delete(nctx, ns, id, true); err != nil {
+				a.log.Warn("delete the task of a removed container", "container", id, "err", err)
+			}
+		}
+		if err := a.snapshots.Remove(nctx, id); err != nil && !errdefs.IsNotFound(err) {
+			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
+		}
+		if err := os.RemoveAll(filepath.Dir(a.logPath(ns, id))); err != nil {
+			a.log.Warn("remove the logs of a removed container", "container", id, "err", err)
+		}
+	}
+}
+
 // recover reconnects to the shims that outlived the last berthd and
 // settles the containers whose shims are gone.
 func (a *Agent) recoverTasks(ctx context.Context) {
@@ -838,6 +884,7 @@ func (a *Agent) recoverTasks(ctx context.Context) {
 		}
 	}
 	a.log.Info("reconnected to shims", "bundles", len(recs), "took", time.Since(start).Round(time.Millisecond))
+	a.removeOrphans(ctx, recs)
 	// Now that the runtime knows its tasks: release the networks of
 	// containers that are gone or have no task (a berthd killed between
 	// deleting a task or container and detaching its network).

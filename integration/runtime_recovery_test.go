@@ -3,9 +3,14 @@ package integration
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/metadata"
+	"github.com/berth-dev/berth/metadata/namespaces"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -90,4 +95,85 @@ func TestDeadShimIsCleanedUpOnRestart(t *testing.T) {
 	if dirs := cgroupDirs(r.cgParent + "/" + c.Id); len(dirs) != 0 {
 		t.Errorf("cgroup left: %v", dirs)
 	}
+}
+
+// TestCutShortRemovalIsFinishedOnRestart: a removal deletes the record
+// first and the rest after it (for run --rm, after the client has its
+// answer). berthd killed in between leaves a live shim, a mounted rootfs,
+// a cgroup, a snapshot and a log dir that no record names; the next start
+// removes them all, and leaves the other containers alone.
+func TestCutShortRemovalIsFinishedOnRestart(t *testing.T) {
+	r := startRuntime(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	gone := r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sleep", "300"}})
+	kept := r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sleep", "300"}})
+	snapshots := func() int {
+		n := 0
+		for _, driver := range []string{"overlay", "native"} {
+			snaps, _ := os.ReadDir(filepath.Join(r.d.root, "snapshots", driver, "snapshots"))
+			n += len(snaps)
+		}
+		return n
+	}
+	before := snapshots()
+	r.d.kill()
+	// What a removal does first, and all a crash right after it leaves done.
+	db, err := metadata.Open(filepath.Join(r.d.root, "meta.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Containers().Delete(namespaces.WithNamespace(ctx, "default"), gone.Id); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if len(shimsOf(r.d.state, gone.Id)) == 0 || len(cgroupDirs(r.cgParent+"/"+gone.Id)) == 0 {
+		t.Fatal("the container's shim or cgroup is gone before the restart: the test shows nothing")
+	}
+
+	r.d.start()
+	r.connect()
+	if pids := shimsOf(r.d.state, gone.Id); len(pids) != 0 {
+		t.Errorf("the removed container's shim still runs: %v", pids)
+	}
+	for _, m := range containerMountsUnder(r.d.state) {
+		if strings.Contains(m, gone.Id) {
+			t.Errorf("the removed container's rootfs is still mounted: %s", m)
+		}
+	}
+	if dirs := cgroupDirs(r.cgParent + "/" + gone.Id); len(dirs) != 0 {
+		t.Errorf("the removed container's cgroup is left: %v", dirs)
+	}
+	for _, p := range []string{
+		filepath.Join(r.d.root, "containers", "default", gone.Id),
+		filepath.Join(r.d.state, "tasks", "default", gone.Id),
+	} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is left", p)
+		}
+	}
+	if after := snapshots(); after != before-1 {
+		t.Errorf("snapshot dirs: %d before, %d after the restart; want the removed container's gone", before, after)
+	}
+	// The other container runs on, untouched.
+	st, err := r.cc.GetContainer(ctx, &berthv1.GetContainerRequest{Id: kept.Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Container.Status.State != berthv1.ContainerState_CONTAINER_STATE_RUNNING || len(shimsOf(r.d.state, kept.Id)) != 1 {
+		t.Errorf("the kept container after the restart: %v, shims %v; want it running", st.Container.Status, shimsOf(r.d.state, kept.Id))
+	}
+}
+
+// shimsOf lists the shims serving container id (in namespace default):
+// those working in its bundle, where an adopted warm shim moves too.
+func shimsOf(state, id string) []int {
+	var out []int
+	bundle := filepath.Join(state, "tasks", "default", id)
+	for _, pid := range shimsMentioning(state) {
+		if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == bundle {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
