@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/berth-dev/berth/agent/images"
+	"github.com/berth-dev/berth/internal/hugebuf"
 
 	"github.com/berth-dev/berth/errdefs"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
@@ -229,13 +230,15 @@ func (s *imagesService) Pull(req *berthv1.PullRequest, stream berthv1.ImagesServ
 	}
 	if res == nil || !res.UpToDate {
 		// The download rings and unpack buffers of a large pull are tens
-		// of MiB of heap, garbage now: without this berthd's RSS stays at
-		// its peak until the runtime's next forced GC, minutes later. A
-		// full collection: in the background, once the client has its
-		// answer.
+		// of MiB, unused now: the huge-page buffers (internal/hugebuf)
+		// go back to the kernel, and the heap's garbage with a full
+		// collection, without which berthd's RSS stays at its peak until
+		// the runtime's next forced GC, minutes later. In the background,
+		// once the client has its answer.
 		s.a.bg.Add(1)
 		go func() {
 			defer s.a.bg.Done()
+			hugebuf.Release()
 			debug.FreeOSMemory()
 		}()
 	}

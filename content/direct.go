@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/internal/directio"
+	"github.com/berth-dev/berth/internal/hugebuf"
 )
 
 // Blobs are written and read for unpacking with O_DIRECT, past the page
@@ -27,10 +28,6 @@ const (
 	directChunk = 1 << 20
 	directAlign = directio.Align
 )
-
-// alignedBuf returns a zero-length buffer of capacity n whose start is
-// directAlign-aligned.
-func alignedBuf(n int) []byte { return directio.Buf(n)[:0] }
 
 // openDirect opens path a second time, for direct writes; -1 where the
 // filesystem does not do O_DIRECT.
@@ -78,7 +75,7 @@ func (s *LocalStore) Stream(ctx context.Context, desc Descriptor) (io.ReadCloser
 	if err != nil {
 		return nil, blobErr(desc.Digest, &os.PathError{Op: "open", Path: p, Err: err})
 	}
-	return &directReader{fd: fd, chunk: alignedBuf(directChunk)[:directChunk], direct: true}, nil
+	return &directReader{fd: fd, chunk: hugebuf.Get(directChunk), direct: true}, nil
 }
 
 // directReader reads a file from start to end in aligned chunks.
@@ -129,5 +126,7 @@ func (r *directReader) Close() error {
 	}
 	err := unix.Close(r.fd)
 	r.fd = -1
+	hugebuf.Put(r.chunk)
+	r.chunk, r.buf = nil, nil
 	return err
 }

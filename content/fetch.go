@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/internal/hugebuf"
 )
 
 // OpenFunc opens a blob's bytes from offset on; for a registry it sends a
@@ -260,7 +261,8 @@ func (s *LocalStore) copyFrom(ctx context.Context, w Writer, desc Descriptor, op
 	// delivered, and progress moves), but in whole aligned blocks, so that
 	// the Writer can write it direct (see direct.go): a tail of less than a
 	// block waits for the next read, or for the end of the stream.
-	buf := alignedBuf(directChunk)[:directChunk]
+	buf := hugebuf.Get(directChunk)
+	defer hugebuf.Put(buf)
 	pos := offset // the offset in the blob of buf[0]
 	if start != offset {
 		pos = 0

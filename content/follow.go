@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/internal/hugebuf"
 	"io"
 	"os"
 	"sync"
@@ -64,6 +65,7 @@ func (t *tail) stop() {
 		t.file.Close()
 		t.file = nil
 	}
+	hugebuf.Put(t.ring) // nobody reads it but under mu
 	t.ring = nil
 	t.wake()
 }
@@ -200,7 +202,7 @@ func (r *follower) attach() error {
 			if f.tail.ring == nil {
 				// A small blob needs no more than its size; the floor
 				// keeps a whole chunk of the download in the ring.
-				f.tail.ring = make([]byte, min(followRing, max(r.desc.Size, 2*directChunk)))
+				f.tail.ring = hugebuf.Get(int(min(followRing, max(r.desc.Size, 2*directChunk))))
 			}
 			f.tail.mu.Unlock()
 		}

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
+	"github.com/berth-dev/berth/internal/hugebuf"
 )
 
 // WhiteoutMode says how Apply carries out the deletions a layer records.
@@ -188,9 +189,10 @@ func Apply(ctx context.Context, dir string, r io.Reader, opts ...Option) (Result
 	a := &applier{
 		root:     rt,
 		cfg:      &cfg,
-		buf:      alignedBuf(copyBufSize),
+		buf:      hugebuf.Get(copyBufSize),
 		dirTimes: make(map[string][2]unix.Timespec),
 	}
+	defer a.release()
 	if cfg.whiteouts == WhiteoutDelete {
 		a.written = make(map[string]struct{})
 	}

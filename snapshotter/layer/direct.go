@@ -9,6 +9,7 @@ import (
 
 	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/internal/directio"
+	"github.com/berth-dev/berth/internal/hugebuf"
 )
 
 // Large files are written with O_DIRECT, past the page cache. On a VM
@@ -23,9 +24,6 @@ const (
 	directMin   = 1 << 20
 	directAlign = directio.Align
 )
-
-// alignedBuf returns a buffer of n bytes whose start is directAlign-aligned.
-func alignedBuf(n int) []byte { return directio.Buf(n) }
 
 // setDirect switches O_DIRECT on or off for fd.
 func setDirect(fd int, on bool) error {
@@ -133,7 +131,7 @@ const directBuffers = 3
 func (a *applier) pipeDirect(fd int, r io.Reader, off int64) (int64, []byte, error) {
 	if a.dbufs == nil {
 		for range directBuffers {
-			a.dbufs = append(a.dbufs, alignedBuf(copyBufSize))
+			a.dbufs = append(a.dbufs, hugebuf.Get(copyBufSize))
 		}
 	}
 	type job struct {
@@ -181,6 +179,16 @@ func (a *applier) pipeDirect(fd int, r io.Reader, off int64) (int64, []byte, err
 		return off, nil, readErr(rerr)
 	}
 	return off, tail, nil
+}
+
+// release gives the applier's buffers back; no write is in flight once
+// Apply returns (pipeDirect waits for its writer).
+func (a *applier) release() {
+	hugebuf.Put(a.buf)
+	for _, b := range a.dbufs {
+		hugebuf.Put(b)
+	}
+	a.buf, a.dbufs = nil, nil
 }
 
 func readErr(err error) error {

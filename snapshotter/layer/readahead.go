@@ -3,6 +3,8 @@ package layer
 import (
 	"io"
 	"sync"
+
+	"github.com/berth-dev/berth/internal/hugebuf"
 )
 
 // readahead runs decompression and hashing on their own goroutine, a few
@@ -23,7 +25,8 @@ type readahead struct {
 	cur  []byte
 	last []byte
 	once sync.Once
-	n    int64 // bytes consumed so far, for error messages
+	n    int64  // bytes consumed so far, for error messages
+	mem  []byte // the chunks' memory (internal/hugebuf), given back by Close
 }
 
 const (
@@ -37,9 +40,10 @@ func newReadahead(src io.ReadCloser) *readahead {
 		free: make(chan []byte, readaheadDepth),
 		done: make(chan struct{}),
 		exit: make(chan struct{}),
+		mem:  hugebuf.Get(readaheadChunk * readaheadDepth),
 	}
-	for range readaheadDepth {
-		ra.free <- make([]byte, readaheadChunk)
+	for i := range readaheadDepth {
+		ra.free <- ra.mem[i*readaheadChunk : (i+1)*readaheadChunk : (i+1)*readaheadChunk]
 	}
 	go ra.run(src)
 	return ra
@@ -98,8 +102,14 @@ func (ra *readahead) Read(p []byte) (int, error) {
 // Close stops the producer and waits for it, which takes at most the time
 // of one chunk's read: layers are read from the local content store, so
 // that is short.
+// The chunks go back to the pool then: nobody reads them after Close.
 func (ra *readahead) Close() error {
 	ra.once.Do(func() { close(ra.done) })
 	<-ra.exit
+	if ra.mem != nil {
+		ra.cur, ra.last = nil, nil
+		hugebuf.Put(ra.mem)
+		ra.mem = nil
+	}
 	return nil
 }
