@@ -274,10 +274,9 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	// waitRemoved.
 	rm, end := a.removals.begin(ns, id)
 	defer end()
-	if t, err := a.runtime.Get(ns, id); err == nil {
+	if t, err := a.runtime.Get(ns, id); err == nil && !force {
 		st, serr := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
-		live := serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED
-		if live && !force {
+		if serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED {
 			return fmt.Errorf("container %s is running: stop it first, or remove it with force: %w", c.Name, errdefs.ErrFailedPrecondition)
 		}
 	}

@@ -855,7 +855,8 @@ func (m *Manager) saveRecord(r *record) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(p, b, 0o600); err != nil {
+	// In the state dir: atomic, not flushed (see writeFileAtomic).
+	if err := writeFileAtomic(p, b, 0o600, false); err != nil {
 		return fmt.Errorf("container %s: save network record: %w", r.ID, err)
 	}
 	return nil

@@ -231,7 +231,7 @@ func (m *Manager) writeNetwork(name string, info netInfo) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(m.confPath(name), b, 0o644)
+	return writeFileAtomic(m.confPath(name), b, 0o644, true)
 }
 
 // ensureDefault writes the "bridge" network on first start, on a subnet
@@ -450,8 +450,11 @@ func newID() string {
 }
 
 // writeFileAtomic writes a file so that a crash leaves the old content or
-// the new, never a torn file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// the new, never a torn file. durable flushes it, for files that outlive a
+// reboot (network configs in the root dir); what lives in the state dir,
+// a tmpfs gone at reboot with every namespace and attachment it
+// describes, needs no flush: the rename alone survives a crash of berthd.
+func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err
@@ -465,15 +468,20 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {
 		d.Sync()
