@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -11,7 +12,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -616,32 +616,75 @@ func syncFS(dir string) error {
 	return nil
 }
 
-// diskUsage sums the allocated size and counts the distinct inodes under dir.
+// diskUsage sums the allocated size and counts the distinct inodes under
+// dir. It walks by directory fd (fstatat on each name), not by path: a
+// layer has thousands of entries, and an lstat of each full path walks
+// every component again (that was 3.5% of a pull's CPU).
 func diskUsage(ctx context.Context, dir string) (Usage, error) {
-	var u Usage
-	seen := map[uint64]struct{}{}
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Usage{}, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	w := usageWalk{ctx: ctx, seen: map[uint64]struct{}{}}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return Usage{}, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	w.count(&st)
+	err = w.dir(fd, dir) // closes fd
+	return w.u, err
+}
+
+type usageWalk struct {
+	ctx  context.Context
+	u    Usage
+	seen map[uint64]struct{} // inodes with more than one link, counted once
+	st   unix.Stat_t
+}
+
+func (w *usageWalk) count(st *unix.Stat_t) {
+	if st.Nlink > 1 && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if _, dup := w.seen[st.Ino]; dup {
+			return
 		}
-		if err := ctx.Err(); err != nil {
-			return err
+		w.seen[st.Ino] = struct{}{}
+	}
+	w.u.Inodes++
+	w.u.Size += st.Blocks * 512
+}
+
+// dir counts the entries of the directory open as fd (named path, for
+// errors) and everything below them. It closes fd.
+func (w *usageWalk) dir(fd int, path string) error {
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(256)
+		for _, name := range names {
+			if err := w.ctx.Err(); err != nil {
+				return err
+			}
+			if err := unix.Fstatat(fd, name, &w.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return &os.PathError{Op: "stat", Path: filepath.Join(path, name), Err: err}
+			}
+			w.count(&w.st)
+			if w.st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				continue
+			}
+			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return &os.PathError{Op: "open", Path: filepath.Join(path, name), Err: err}
+			}
+			if err := w.dir(sub, filepath.Join(path, name)); err != nil {
+				return err
+			}
 		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return fmt.Errorf("%s: no stat data", path)
-		}
-		if _, dup := seen[st.Ino]; dup {
+		if err == io.EOF || (err == nil && len(names) == 0) {
 			return nil
 		}
-		seen[st.Ino] = struct{}{}
-		u.Inodes++
-		u.Size += st.Blocks * 512
-		return nil
-	})
-	return u, err
+		if err != nil {
+			return err
+		}
+	}
 }
