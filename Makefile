@@ -29,8 +29,15 @@ all: build
 
 build: berthd berth-shim berthctl
 
+# berthctl is built without cgo: a static binary starts faster (no dynamic
+# loader, no cgo runtime: about 8 ms of a `run --rm true` here, measured
+# with perf stat -r 30) and runs on any Linux host. The shim needs cgo
+# (libseccomp, the nsenter constructor); berthd keeps the system resolver.
+berthctl: CGO = 0
+berthd berth-shim: CGO = 1
+
 berthd berth-shim berthctl:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$@ ./cmd/$@
+	CGO_ENABLED=$(CGO) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/$@ ./cmd/$@
 
 $(TOOLS)/buf:
 	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
