@@ -197,10 +197,10 @@ func pssRss(pid int) (pss, rss int, err error) {
 
 // TestShimMemoryWith20Containers measures every shim's PSS and RSS with
 // 20 containers running sleep and logs the figures (containerd's shim:
-// 3.0 MiB PSS, 13 MiB RSS). The goal is under 3 MiB PSS; today a shim
-// measures about 4.3 MiB (its Go heap, stacks and GC metadata are ~3.4 MiB
-// private), so the test holds a 5 MiB regression budget until the shim
-// sheds weight (gRPC and the cgroup stats protobufs are the big imports).
+// 3.0 MiB PSS, 13 MiB RSS). A shim measures about 2.3 MiB (make bench;
+// docs/runtime.md, Shim memory); the benchmark tracks that figure, and
+// this test only holds a loose 5 MiB budget against a gross regression,
+// wide enough for a noisier machine.
 func TestShimMemoryWith20Containers(t *testing.T) {
 	r := startRuntime(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
