@@ -321,6 +321,8 @@ func fieldErr(field string, err error) error {
 type removals struct {
 	mu  sync.Mutex
 	now map[string]*removal // ns/id → the removal under way
+	// began is closed (and replaced) whenever a removal begins.
+	began chan struct{}
 }
 
 // removal is one container removal under way. gone is closed once its
@@ -341,6 +343,10 @@ func (r *removals) begin(ns, id string) (rm *removal, end func()) {
 		r.now = map[string]*removal{}
 	}
 	r.now[k] = rm
+	if r.began != nil {
+		close(r.began)
+		r.began = nil
+	}
 	r.mu.Unlock()
 	return rm, func() {
 		r.mu.Lock()
@@ -352,15 +358,19 @@ func (r *removals) begin(ns, id string) (rm *removal, end func()) {
 	}
 }
 
-// recordGone returns the channel closed when the removal of (ns, id)
-// under way has deleted its record, or nil if none is under way.
-func (r *removals) recordGone(ns, id string) <-chan struct{} {
+// watch returns the channel closed when the removal of (ns, id) under way
+// has deleted its record (nil if none is under way), and one closed when
+// any removal begins next.
+func (r *removals) watch(ns, id string) (gone, began <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if rm := r.now[ns+"/"+id]; rm != nil {
-		return rm.gone
+	if r.began == nil {
+		r.began = make(chan struct{})
 	}
-	return nil
+	if rm := r.now[ns+"/"+id]; rm != nil {
+		return rm.gone, r.began
+	}
+	return nil, r.began
 }
 
 // waitRemoved waits, up to timeout or ctx's end, until container id's
@@ -374,19 +384,20 @@ func (a *Agent) waitRemoved(ctx context.Context, id string, timeout time.Duratio
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
+		// Watched before the record is read: a removal that begins after
+		// the read closes began.
+		gone, began := a.removals.watch(ns, id)
 		if _, err := a.db.Containers().Get(ctx, id); errdefs.IsNotFound(err) {
 			return
 		}
 		// Not removed yet: wait for a removal under way to delete the
 		// record, or for one to begin (the exit handler starts it).
-		var wake <-chan time.Time
-		gone := a.removals.recordGone(ns, id)
-		if gone == nil {
-			wake = time.After(2 * time.Millisecond)
+		if gone != nil {
+			began = nil
 		}
 		select {
 		case <-gone:
-		case <-wake:
+		case <-began:
 		case <-ctx.Done():
 			return
 		case <-deadline.C:

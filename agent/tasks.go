@@ -820,16 +820,9 @@ func (a *Agent) removeOrphans(ctx context.Context, recs []runtime.Recovered) {
 			ids[[2]string{r.NS, r.ID}] = true
 		}
 	}
-	nsDirs, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers"))
-	for _, nd := range nsDirs {
-		if identifiers.Validate("namespace", nd.Name()) != nil {
-			continue
-		}
-		dirs, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers", nd.Name()))
-		for _, d := range dirs {
-			if identifiers.Validate("container id", d.Name()) == nil && orphan(nd.Name(), d.Name()) {
-				ids[[2]string{nd.Name(), d.Name()}] = true
-			}
+	for _, k := range identifiers.ContainerDirs(filepath.Join(a.cfg.Root, "containers")) {
+		if orphan(k[0], k[1]) {
+			ids[k] = true
 		}
 	}
 	for k := range ids {

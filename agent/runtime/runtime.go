@@ -636,18 +636,8 @@ type Recovered struct {
 // exit.
 func (m *Manager) Reconnect(ctx context.Context) []Recovered {
 	var dirs []string
-	nsDirs, _ := os.ReadDir(filepath.Join(m.cfg.State, "tasks"))
-	for _, nsd := range nsDirs {
-		if identifiers.Validate("namespace", nsd.Name()) != nil {
-			continue
-		}
-		ids, _ := os.ReadDir(filepath.Join(m.cfg.State, "tasks", nsd.Name()))
-		for _, idd := range ids {
-			if identifiers.Validate("container id", idd.Name()) != nil {
-				continue
-			}
-			dirs = append(dirs, bundle.Dir(m.cfg.State, nsd.Name(), idd.Name()))
-		}
+	for _, k := range identifiers.ContainerDirs(filepath.Join(m.cfg.State, "tasks")) {
+		dirs = append(dirs, bundle.Dir(m.cfg.State, k[0], k[1]))
 	}
 	out := make([]Recovered, len(dirs))
 	var wg sync.WaitGroup

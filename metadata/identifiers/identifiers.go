@@ -11,6 +11,8 @@ package identifiers
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/berth-dev/berth/errdefs"
 )
@@ -54,4 +56,23 @@ func Validate(field, id string) error {
 			field, id, errdefs.ErrInvalidArgument)
 	}
 	return nil
+}
+
+// ContainerDirs lists the <namespace>/<container id> directories under
+// dir (bundles, log dirs), skipping names that are not a valid namespace
+// or ID: whatever else is there is not berthd's to act on.
+func ContainerDirs(dir string) (nsIDs [][2]string) {
+	nsDirs, _ := os.ReadDir(dir)
+	for _, nd := range nsDirs {
+		if Validate("namespace", nd.Name()) != nil {
+			continue
+		}
+		ids, _ := os.ReadDir(filepath.Join(dir, nd.Name()))
+		for _, d := range ids {
+			if Validate("container id", d.Name()) == nil {
+				nsIDs = append(nsIDs, [2]string{nd.Name(), d.Name()})
+			}
+		}
+	}
+	return nsIDs
 }

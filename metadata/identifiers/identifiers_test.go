@@ -3,6 +3,9 @@ package identifiers
 import (
 	"errors"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -58,5 +61,22 @@ func TestValidMatchesThePattern(t *testing.T) {
 		if got, want := valid(string(b)), pattern.MatchString(string(b)); got != want {
 			t.Fatalf("valid(%q) = %v, the pattern says %v", b, got, want)
 		}
+	}
+}
+
+func TestContainerDirs(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"default/abc123", "default/def.456", "other-ns/x1", "default/.tmp-x", "bad ns/abc", "default/a..b"} {
+		if err := os.MkdirAll(filepath.Join(dir, p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := ContainerDirs(dir)
+	want := [][2]string{{"default", "abc123"}, {"default", "def.456"}, {"other-ns", "x1"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("ContainerDirs = %v, want %v (invalid names skipped, in directory order)", got, want)
+	}
+	if got := ContainerDirs(filepath.Join(dir, "missing")); len(got) != 0 {
+		t.Errorf("a missing dir: %v, want nothing", got)
 	}
 }
