@@ -291,21 +291,29 @@ func (a *Agent) removeContainer(ctx context.Context, id string, force bool) erro
 	if err := a.network.DetachAsync(ns, id); err != nil {
 		a.log.Warn("release the network of a removed container", "container", id, "err", err)
 	}
+	a.releaseRemoved(ctx, ns, id, c.GetSnapshotKey())
+	a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
+	return nil
+}
+
+// releaseRemoved removes what a container whose record is gone leaves:
+// its task (shim, cgroup, rootfs mount, bundle), its rootfs snapshot and
+// its logs. Failures are logged; what stays is an orphan that the next
+// start removes (removeOrphans) or GC does.
+func (a *Agent) releaseRemoved(ctx context.Context, ns, id, snapshotKey string) {
 	if _, err := a.runtime.Get(ns, id); err == nil {
 		if _, err := a.runtime.Delete(ctx, ns, id, true); err != nil {
 			a.log.Warn("delete the task of a removed container", "container", id, "err", err)
 		}
 	}
-	if c.GetSnapshotKey() != "" {
-		if err := a.snapshots.Remove(ctx, c.GetSnapshotKey()); err != nil && !errdefs.IsNotFound(err) {
+	if snapshotKey != "" {
+		if err := a.snapshots.Remove(ctx, snapshotKey); err != nil && !errdefs.IsNotFound(err) {
 			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
 		}
 	}
 	if err := os.RemoveAll(filepath.Dir(a.logPath(ns, id))); err != nil {
 		a.log.Warn("remove the logs of a removed container", "container", id, "err", err)
 	}
-	a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
-	return nil
 }
 
 // fieldErr prefixes an invalid-argument error with the request field it

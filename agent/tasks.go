@@ -827,19 +827,8 @@ func (a *Agent) removeOrphans(ctx context.Context, recs []runtime.Recovered) {
 	}
 	for k := range ids {
 		ns, id := k[0], k[1]
-		nctx := namespaces.WithNamespace(ctx, ns)
 		a.log.Info("removing what a cut-short removal left", "container", id, "namespace", ns)
-		if _, err := a.runtime.Get(ns, id); err == nil {
-			if _, err := a.runtime.Delete(nctx, ns, id, true); err != nil {
-				a.log.Warn("delete the task of a removed container", "container", id, "err", err)
-			}
-		}
-		if err := a.snapshots.Remove(nctx, id); err != nil && !errdefs.IsNotFound(err) {
-			a.log.Warn("remove the rootfs of a removed container", "container", id, "err", err)
-		}
-		if err := os.RemoveAll(filepath.Dir(a.logPath(ns, id))); err != nil {
-			a.log.Warn("remove the logs of a removed container", "container", id, "err", err)
-		}
+		a.releaseRemoved(namespaces.WithNamespace(ctx, ns), ns, id, id)
 	}
 }
 

@@ -196,16 +196,8 @@ func (d *daemon) cleanupAfterFailure(base string) {
 		d.stop()
 		killShimsOf(d.state) // the warm ones a stop leaves are gone already
 	}
-	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		var under []string
-		for _, line := range strings.Split(string(data), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], base+"/") {
-				under = append(under, f[4])
-			}
-		}
-		for i := len(under) - 1; i >= 0; i-- { // the latest, hence innermost, first
-			syscall.Unmount(under[i], syscall.MNT_DETACH)
-		}
+	for _, m := range mountsUnder(base) {
+		syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/berth-dev/berth/integration/fixture"
 	berthv1 "github.com/berth-dev/berth/proto/berth/v1"
 )
 
@@ -132,26 +133,18 @@ func isIdleWarm(pid int, state string) bool {
 	return err == nil && !strings.HasPrefix(cwd, filepath.Join(state, "tasks")+"/")
 }
 
+// shimsMentioning lists the serving shims whose command line contains s.
+// Serving only: `berth-shim start` is the launcher, which exits once it
+// has printed the bootstrap line (and, exiting, has no working directory
+// to tell whether it is warm).
 func shimsMentioning(s string) []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		// Serving shims only: `berth-shim start` is the launcher, which
-		// exits once it has printed the bootstrap line (and, exiting, has
-		// no working directory to tell whether it is warm).
-		if err == nil && strings.Contains(string(cmd), s) && strings.Contains(string(cmd), "berth-shim\x00serve\x00") {
-			out = append(out, pid)
-		}
-	}
-	return out
+	pids, _ := fixture.Processes(func(_ int, args []string) bool {
+		cmd := strings.Join(args, "\x00") + "\x00"
+		return strings.Contains(cmd, s) && strings.Contains(cmd, "berth-shim\x00serve\x00")
+	})
+	return pids
 }
 
-// mountsUnder lists mount points below dir, deepest first.
 // warmMount reports whether a mount point is the namespace of berthd's
 // warm network attachment ([network] warm_attachments), which stands
 // ready while berthd runs and belongs to no container.
@@ -169,6 +162,7 @@ func containerMountsUnder(dir string) []string {
 	return out
 }
 
+// mountsUnder lists mount points below dir, deepest first.
 func mountsUnder(dir string) []string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
