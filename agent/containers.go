@@ -264,36 +264,59 @@ func (s *containersService) DeleteContainer(ctx context.Context, req *berthv1.De
 // task (shim, cgroup, rootfs mount, bundle), the snapshot and the logs. A
 // crash part-way leaves files no record points to, for GC.
 func (a *Agent) removeContainer(ctx context.Context, id string, force bool) error {
-	defer a.taskLocks.lock(namespaces.FromContext(ctx), id)()
-	c, err := a.db.Containers().Get(ctx, id)
+	rest, err := a.deleteContainerRecord(ctx, id, force)
 	if err != nil {
 		return err
 	}
+	rest()
+	return nil
+}
+
+// deleteContainerRecord is a removal's first half: the container's
+// record goes (and with it the container, for every API caller). The
+// rest, which it returns, releases what the container held; it must be
+// called, in any goroutine: until then the container's task lock is held
+// and waitRemoved waits.
+func (a *Agent) deleteContainerRecord(ctx context.Context, id string, force bool) (rest func(), err error) {
 	ns := namespaces.FromContext(ctx)
+	unlock := a.taskLocks.lock(ns, id)
+	c, err := a.db.Containers().Get(ctx, id)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
 	// Marked before the record goes, cleared when all is gone: see
 	// waitRemoved.
 	rm, end := a.removals.begin(ns, id)
-	defer end()
+	fail := func(err error) (func(), error) {
+		end()
+		unlock()
+		return nil, err
+	}
 	if t, err := a.runtime.Get(ns, id); err == nil && !force {
 		st, serr := t.Shim.State(ctx, &shimv1.StateRequest{Id: id})
 		if serr == nil && st.GetStatus() != shimv1.Status_STATUS_STOPPED {
-			return fmt.Errorf("container %s is running: stop it first, or remove it with force: %w", c.Name, errdefs.ErrFailedPrecondition)
+			return fail(fmt.Errorf("container %s is running: stop it first, or remove it with force: %w", c.Name, errdefs.ErrFailedPrecondition))
 		}
 	}
 	if err := a.db.Containers().Delete(ctx, id); err != nil {
-		return err
+		return fail(err)
 	}
 	rm.recordGone()
-	// The network is released in the background, alongside the rest:
-	// the container is gone for good, and CNI DEL is two plugin execs the
-	// caller need not wait for. The record of the attachment stays until
-	// it is done, so a crash meanwhile is repaired at the next start.
-	if err := a.network.DetachAsync(ns, id); err != nil {
-		a.log.Warn("release the network of a removed container", "container", id, "err", err)
-	}
-	a.releaseRemoved(ctx, ns, id, c.GetSnapshotKey())
-	a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
-	return nil
+	return func() {
+		defer unlock()
+		defer end()
+		// The network is released in the background, alongside the
+		// rest: the container is gone for good, and CNI DEL is two
+		// plugin execs the caller need not wait for. The record of the
+		// attachment stays until it is done, so a crash meanwhile is
+		// repaired at the next start.
+		if err := a.network.DetachAsync(ns, id); err != nil {
+			a.log.Warn("release the network of a removed container", "container", id, "err", err)
+		}
+		a.releaseRemoved(ctx, ns, id, c.GetSnapshotKey())
+		a.events.Publish(ctx, "/containers/delete", id, map[string]string{"name": c.Name})
+	}, nil
 }
 
 // releaseRemoved removes what a container whose record is gone leaves:

@@ -83,6 +83,11 @@ func (a *Agent) setStatusAnd(ctx context.Context, id string, fn func(st *berthv1
 		st = &berthv1.ContainerStatus{}
 	}
 	fn(st)
+	if logPath == nil && proto.Equal(st, c.GetStatus()) {
+		// Nothing changed (a start event after StartTask recorded the
+		// start, say): no commit, which costs a disk flush.
+		return c, nil
+	}
 	c.Status = st
 	paths := []string{"status"}
 	if logPath != nil {
@@ -223,10 +228,11 @@ func (s *tasksService) StartTask(ctx context.Context, req *berthv1.StartTaskRequ
 		s.a.setStatus(ctx, c.Id, func(st *berthv1.ContainerStatus) {
 			// A fast process may have exited, and its exit been recorded,
 			// before we get here: never turn EXITED back into RUNNING.
+			// The shim's start event may have come first, with the
+			// start's time: then there is nothing to record.
 			if st.State == berthv1.ContainerState_CONTAINER_STATE_CREATED {
-				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, resp.GetPid()
-			}
-			if st.StartedAt == nil || st.State == berthv1.ContainerState_CONTAINER_STATE_RUNNING {
+				st.State, st.Pid, st.StartedAt = berthv1.ContainerState_CONTAINER_STATE_RUNNING, resp.GetPid(), timestamppb.Now()
+			} else if st.StartedAt == nil {
 				st.StartedAt = timestamppb.Now()
 			}
 		})
@@ -712,6 +718,12 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 			break
 		}
 		a.log.Debug("task exited", "container", id, "pid", ev.GetPid(), "exit_code", ev.GetExitStatus())
+		if ev.GetOomKilled() {
+			attrs["oom_killed"] = "true"
+		}
+		if a.autoRemoveOnExit(ctx, id) {
+			break
+		}
 		c, err := a.recordExit(ctx, id, ev.GetExitStatus(), ev.GetExitedAt(), ev.GetOomKilled())
 		if errdefs.IsNotFound(err) {
 			// Removed with force while running: the record went first.
@@ -722,27 +734,15 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 			a.log.Warn("record exit", "container", id, "err", err)
 			return
 		}
-		if ev.GetOomKilled() {
-			attrs["oom_killed"] = "true"
-		}
-		if !c.GetSpec().GetAutoRemove() {
-			if !a.restarts.onExit(ctx, c) {
-				// Nothing runs in the container any more: its shim,
-				// rootfs mount and cgroup go now, as Docker deletes the
-				// task, rather than one idle shim per exited container.
-				// The exit is in the record, the output in the log.
-				a.bg.Add(1)
-				go func() {
-					defer a.bg.Done()
-					a.releaseTask(ctx, id)
-				}()
-			}
-		} else {
-			// Not here: Delete stops this very goroutine's stream.
+		if !a.restarts.onExit(ctx, c) {
+			// Nothing runs in the container any more: its shim, rootfs
+			// mount and cgroup go now, as Docker deletes the task, rather
+			// than one idle shim per exited container. The exit is in
+			// the record, the output in the log.
 			a.bg.Add(1)
 			go func() {
 				defer a.bg.Done()
-				a.autoRemove(ctx, id)
+				a.releaseTask(ctx, id)
 			}()
 		}
 	case "/tasks/start":
@@ -752,10 +752,7 @@ func (a *Agent) onTaskEvent(ns, id string, ev *shimv1.EventsResponse) {
 			// policy may have acted on it (RESTARTING), which a late
 			// start must not undo.
 			if st.State == berthv1.ContainerState_CONTAINER_STATE_CREATED {
-				st.State, st.Pid = berthv1.ContainerState_CONTAINER_STATE_RUNNING, ev.GetPid()
-				if st.StartedAt == nil {
-					st.StartedAt = ev.GetTimestamp()
-				}
+				st.State, st.Pid, st.StartedAt = berthv1.ContainerState_CONTAINER_STATE_RUNNING, ev.GetPid(), ev.GetTimestamp()
 			}
 		})
 	case "/tasks/oom":
@@ -797,11 +794,33 @@ func (a *Agent) releaseTask(ctx context.Context, id string) {
 	a.detachNetwork(ctx, ns, id)
 }
 
-// autoRemove deletes a --rm container after its task exited.
-func (a *Agent) autoRemove(ctx context.Context, id string) {
-	if err := a.removeContainer(ctx, id, true); err != nil && !errdefs.IsNotFound(err) {
-		a.log.Warn("remove --rm container", "container", id, "err", err)
+// autoRemoveOnExit deletes a --rm container whose init exited, and says
+// whether it did (false: not a --rm container, or its removal failed and
+// the exit is to be recorded as for any other). Its exit is not recorded
+// first: that would be one more commit, a disk flush, on the way to the
+// `run --rm` client, for a record about to go. The record is deleted
+// here, before the event is acknowledged (so a crash cannot lose the
+// exit: the container is either gone or its exit replays); the task, the
+// rootfs and the logs go in the background, as this goroutine follows
+// the task's events, which deleting the task ends.
+func (a *Agent) autoRemoveOnExit(ctx context.Context, id string) bool {
+	c, err := a.db.Containers().Get(ctx, id)
+	if err != nil || !c.GetSpec().GetAutoRemove() {
+		return false
 	}
+	rest, err := a.deleteContainerRecord(ctx, id, true)
+	if err != nil {
+		if !errdefs.IsNotFound(err) {
+			a.log.Warn("remove --rm container", "container", id, "err", err)
+		}
+		return false
+	}
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		rest()
+	}()
+	return true
 }
 
 // removeOrphans finishes the removals a crash cut short. A removal

@@ -198,8 +198,18 @@ func commandName(args []string) string {
 
 // Main runs berthctl with args and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	return run(args, stdout, stderr, true)
+}
+
+// run is Main; closeConn says whether to close the connection to berthd
+// at the end, which a process about to exit need not do: gRPC's Close
+// sends GOAWAY and waits for its transport's goroutines, milliseconds
+// after the answer is in, where exiting closes the socket at once.
+func run(args []string, stdout, stderr io.Writer, closeConn bool) int {
 	c := &CLI{Out: stdout, Err: stderr}
-	defer c.Close()
+	if closeConn {
+		defer c.Close()
+	}
 	root := newRoot(c, args)
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
@@ -264,4 +274,4 @@ func args(min, max int) cobra.PositionalArgs {
 func sortStrings(s []string) { sort.Strings(s) }
 
 // Run is berthctl's main.
-func Run() { os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func Run() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, false)) }

@@ -1,6 +1,10 @@
 // Command berthctl is Berth's command line client.
 package main
 
-import "github.com/berth-dev/berth/ctl"
+import (
+	"github.com/berth-dev/berth/ctl"
+	// Start-up time: see the package.
+	_ "github.com/berth-dev/berth/internal/hugeheap"
+)
 
 func main() { ctl.Run() }

@@ -670,16 +670,22 @@ func setUser(proc *specs.Process, caps capSets) error {
 	for _, g := range proc.User.AdditionalGids {
 		groups = append(groups, int(g))
 	}
-	// The syscall package's variants change every thread, so no Go thread
-	// is left with root's credentials.
-	if err := syscall.Setgroups(groups); err != nil {
+	// This thread's credentials only, like its capabilities and
+	// no_new_privs: it is the one that execs, and execve ends every other
+	// thread. The syscall package's variants change every thread, which
+	// with cgo is glibc signalling each one and waiting for it, three
+	// times: about a millisecond of a container's start. The other
+	// threads are the Go runtime's own until execve; nothing else runs in
+	// a process that is not dumpable, alone in its pid namespace.
+	if err := unix.Setgroups(groups); err != nil { // per thread (raw)
 		return fmt.Errorf("setgroups %v: %w", groups, err)
 	}
-	if err := syscall.Setresgid(int(proc.User.GID), int(proc.User.GID), int(proc.User.GID)); err != nil {
-		return fmt.Errorf("setgid %d: %w", proc.User.GID, err)
+	gid, uid := uintptr(proc.User.GID), uintptr(proc.User.UID)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, gid, gid, gid); e != 0 {
+		return fmt.Errorf("setgid %d: %w", proc.User.GID, e)
 	}
-	if err := syscall.Setresuid(int(proc.User.UID), int(proc.User.UID), int(proc.User.UID)); err != nil {
-		return fmt.Errorf("setuid %d: %w", proc.User.UID, err)
+	if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uid, uid, uid); e != 0 {
+		return fmt.Errorf("setuid %d: %w", proc.User.UID, e)
 	}
 	if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 0, 0, 0, 0); err != nil {
 		return fmt.Errorf("clear keepcaps: %w", err)

@@ -104,6 +104,42 @@ type proc struct {
 	// starting is closed when a Start of the init has done its
 	// bookkeeping (the start event, or the failure code); nil before.
 	starting chan struct{}
+	// mntNS holds the init's mount namespace (the init's proc only).
+	mntNS *heldNS
+}
+
+// heldNS keeps a namespace alive through an open file of it.
+//
+// Why the init's mount namespace: when the last process in it exits, the
+// kernel tears it down (every mount of the container, with RCU grace
+// periods) inside that process's exit, before its parent is told. Held by
+// the shim, the teardown happens when the task is deleted (Delete lets
+// go before it unmounts the rootfs), after the exit has reached berthd
+// and the client: 1-2 ms off every container's exit as its client sees
+// it. Not at once after the exit is published: the close that tears it
+// down blocks a thread for those milliseconds, and with one P the shim's
+// other goroutines, the ones sending the exit, wait for sysmon to notice.
+type heldNS struct {
+	once sync.Once
+	f    *os.File
+}
+
+// holdNS opens /proc/<pid>/ns/<kind>; nil (nothing held) on failure.
+func holdNS(pid int, kind string) *heldNS {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	if err != nil {
+		return nil
+	}
+	return &heldNS{f: f}
+}
+
+// release lets the namespace go and returns once it has (the close that
+// ends it may take milliseconds); it is idempotent and safe from several
+// goroutines.
+func (h *heldNS) release() {
+	if h != nil {
+		h.once.Do(func() { h.f.Close() })
+	}
 }
 
 // Service serves ShimService for one container.
@@ -446,6 +482,7 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		c.Destroy()
 		return nil, status.Errorf(codes.Internal, "watch the init of %s: %v", s.id, err)
 	}
+	p.mntNS = holdNS(c.Pid(), "mnt")
 	s.do(func() {
 		s.c = c
 		s.procs[""] = p
@@ -985,6 +1022,7 @@ func (s *Service) Delete(ctx context.Context, req *shimv1.DeleteRequest) (*shimv
 	if st == shimv1.Status_STATUS_RUNNING || st == shimv1.Status_STATUS_PAUSED {
 		return nil, status.Errorf(codes.FailedPrecondition, "container %s is running: stop or kill it first", s.id)
 	}
+	p.mntNS.release() // before the rootfs is unmounted
 	if err := c.Destroy(); err != nil {
 		return nil, errStatus(err)
 	}
