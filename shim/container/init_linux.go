@@ -144,6 +144,12 @@ func runInit(sock syncSocket) *InitError {
 	}
 	warnings = append(warnings, w...)
 
+	// While the parent makes the cgroup: the mounts that do not need it.
+	rs, err := startRootfs(spec, cfg.Rootfs, cfg.Bundle)
+	if err != nil {
+		return newInitError(StageRootfs, err)
+	}
+
 	// In the cgroup from here: the parent says so.
 	cm, _, err := sock.recv()
 	if err != nil {
@@ -155,9 +161,7 @@ func runInit(sock syncSocket) *InitError {
 	if err := joinNamespaces(spec.Linux.Namespaces, true); err != nil {
 		return newInitError(StageNamespaces, err)
 	}
-
-	rs, err := prepareRootfs(spec, cfg.Rootfs, cfg.Bundle)
-	if err != nil {
+	if err := rs.completeRootfs(); err != nil {
 		return newInitError(StageRootfs, err)
 	}
 	if cfg.Terminal {

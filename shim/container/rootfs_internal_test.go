@@ -3,8 +3,10 @@ package container
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,5 +53,39 @@ func TestParseMountOptions(t *testing.T) {
 	}
 	if data != "mode=755,size=1m" {
 		t.Errorf("data %q", data)
+	}
+}
+
+// Mounts that need the cgroup wait for it, with every mount that overlaps
+// one of them (so the tree is what spec order makes); the rest, Docker's
+// usual /proc, /dev, /sys, binds, are made while the cgroup is being made.
+func TestSplitForCgroup(t *testing.T) {
+	ms := []specs.Mount{
+		{Destination: "/proc", Type: "proc"},
+		{Destination: "/sys/fs/cgroup/keep", Type: "bind"}, // before the cgroup mount: spec order holds
+		{Destination: "/dev", Type: "tmpfs"},
+		{Destination: "/sys", Type: "sysfs"},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup"},
+		{Destination: "/dev/mqueue", Type: "mqueue"},
+		{Destination: "/sys/fs/cgroup/extra", Type: "bind"}, // inside it
+		{Destination: "sys/fs", Type: "tmpfs"},              // contains it (relative)
+		{Destination: "/etc/hosts", Type: "bind"},
+		{Destination: "/sys/fs/other", Type: "bind"}, // inside the deferred /sys/fs
+	}
+	now, later := splitForCgroup(ms)
+	dests := func(ms []specs.Mount) []string {
+		var d []string
+		for _, m := range ms {
+			d = append(d, m.Destination)
+		}
+		return d
+	}
+	wantNow := []string{"/proc", "/sys/fs/cgroup/keep", "/dev", "/sys", "/dev/mqueue", "/etc/hosts"}
+	wantLater := []string{"/sys/fs/cgroup", "/sys/fs/cgroup/extra", "sys/fs", "/sys/fs/other"}
+	if !slices.Equal(dests(now), wantNow) || !slices.Equal(dests(later), wantLater) {
+		t.Fatalf("now %v, later %v; want %v, %v", dests(now), dests(later), wantNow, wantLater)
+	}
+	if now, later := splitForCgroup(ms[:4]); len(later) != 0 || len(now) != 4 {
+		t.Fatalf("no cgroup mount: deferred %v", dests(later))
 	}
 }

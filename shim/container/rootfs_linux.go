@@ -143,11 +143,24 @@ type rootfsSetup struct {
 	devTmpfs bool     // /dev is a tmpfs we populate
 	devpts   bool     // a devpts is mounted at /dev/pts
 	roLater  []string // tmpfs mounts to remount read-only once populated
+	// deferred are the mounts that wait for the cgroup: cgroup
+	// filesystems (they show the cgroup namespace, made once the init is
+	// in its cgroup) and any mount that overlaps one of those, in spec
+	// order.
+	deferred []specs.Mount
+	devsDone bool // /dev populated already
 }
 
-// prepareRootfs runs in the init, in its own mount namespace, and leaves
-// it chrooted (pivoted) into the container's rootfs.
-func prepareRootfs(spec *specs.Spec, rootfs, bundle string) (*rootfsSetup, error) {
+// startRootfs and completeRootfs run in the init, in its own mount
+// namespace, and leave it chrooted (pivoted) into the container's rootfs.
+//
+// startRootfs is the part that does not need the init to be in its
+// cgroup, so that it runs while the parent makes the cgroup (2-6 ms of
+// cgroup v1 directories and writes here, which the init used to wait
+// out): every mount but the deferred ones. The mount tree the two build
+// is the one spec order would: a mount taken out of order never overlaps
+// one it passes.
+func startRootfs(spec *specs.Spec, rootfs, bundle string) (*rootfsSetup, error) {
 	if bundle == "" {
 		bundle = filepath.Dir(rootfs)
 	}
@@ -160,32 +173,90 @@ func prepareRootfs(spec *specs.Spec, rootfs, bundle string) (*rootfsSetup, error
 	if err := mount(rootfs, rootfs, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return nil, err
 	}
-	for _, m := range spec.Mounts {
+	var now []specs.Mount
+	now, r.deferred = splitForCgroup(spec.Mounts)
+	for _, m := range now {
 		if err := r.mountEntry(m); err != nil {
 			return nil, err
 		}
 	}
-	if r.devTmpfs {
-		if err := r.createDevices(); err != nil {
-			return nil, err
-		}
-	}
-	if err := r.devSymlinks(); err != nil {
-		return nil, err
-	}
-	if err := pivotRoot(rootfs); err != nil {
-		return nil, err
-	}
-	if p := spec.Linux.RootfsPropagation; p != "" {
-		flag, ok := propagationFlags[p]
-		if !ok {
-			return nil, fmt.Errorf("rootfsPropagation %q: %w", p, unix.EINVAL)
-		}
-		if err := mount("", "/", "", flag, ""); err != nil {
+	if !overlapsAny("/dev", r.deferred) {
+		if err := r.populateDev(); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
+}
+
+// completeRootfs mounts the deferred entries, in the cgroup (and cgroup
+// namespace) by now, and pivots into the rootfs.
+func (r *rootfsSetup) completeRootfs() error {
+	for _, m := range r.deferred {
+		if err := r.mountEntry(m); err != nil {
+			return err
+		}
+	}
+	if err := r.populateDev(); err != nil {
+		return err
+	}
+	if err := pivotRoot(r.rootfs); err != nil {
+		return err
+	}
+	if p := r.spec.Linux.RootfsPropagation; p != "" {
+		flag, ok := propagationFlags[p]
+		if !ok {
+			return fmt.Errorf("rootfsPropagation %q: %w", p, unix.EINVAL)
+		}
+		if err := mount("", "/", "", flag, ""); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// populateDev creates the device nodes and links in a /dev tmpfs, once.
+func (r *rootfsSetup) populateDev() error {
+	if r.devsDone {
+		return nil
+	}
+	r.devsDone = true
+	if r.devTmpfs {
+		if err := r.createDevices(); err != nil {
+			return err
+		}
+	}
+	return r.devSymlinks()
+}
+
+// splitForCgroup splits the spec's mounts into those that can be made
+// before the init is in its cgroup and those that wait (deferred), each in
+// spec order.
+func splitForCgroup(ms []specs.Mount) (now, deferred []specs.Mount) {
+	for _, m := range ms {
+		if needsCgroup(m) || overlapsAny(m.Destination, deferred) {
+			deferred = append(deferred, m)
+		} else {
+			now = append(now, m)
+		}
+	}
+	return now, deferred
+}
+
+// needsCgroup: a cgroup filesystem shows the cgroup namespace of the
+// process that mounts it.
+func needsCgroup(m specs.Mount) bool { return m.Type == "cgroup" || m.Type == "cgroup2" }
+
+// overlapsAny says whether dest is, contains or is inside the destination
+// of one of ms.
+func overlapsAny(dest string, ms []specs.Mount) bool {
+	d := filepath.Join("/", dest)
+	for _, m := range ms {
+		o := filepath.Join("/", m.Destination)
+		if d == o || strings.HasPrefix(d, o+"/") || strings.HasPrefix(o, d+"/") || d == "/" || o == "/" {
+			return true
+		}
+	}
+	return false
 }
 
 // finishRootfs runs after pivot_root and after the console is set up

@@ -17,13 +17,15 @@ package container
 //	bootstrap{config, [stdio fds]} ───────▶   reads it; [stdio onto 0-2,
 //	                                         unshare(mount)]; setns into the
 //	                                         namespaces named by path, lo up,
-//	                                         oom_score_adj, rlimits
-//	make the cgroup, move pid in,
-//	compile seccomp (meanwhile)
+//	                                         oom_score_adj, rlimits; the
+//	                                         mounts that need no cgroup
+//	make the cgroup, move pid in,            (all but cgroup filesystems
+//	compile seccomp (meanwhile)              and what overlaps them)
 //	cgroup{seccomp}            ──────────▶   waits for it, then: cgroup
-//	                                         namespace, rootfs, pivot_root,
-//	                                         hostname… (no user code ever runs
-//	                                         outside the cgroup)
+//	                                         namespace, the other mounts,
+//	                                         pivot_root, hostname… (no user
+//	                                         code ever runs outside the
+//	                                         cgroup)
 //	                           ◀──────────   console{} + pty master (only when
 //	                                         Terminal is set)
 //	                           ◀──────────   ready{warnings}: executable found,
