@@ -249,7 +249,7 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	warm := "no"
 	if w := m.takeWarm(); w != nil {
 		defer m.refill()
-		if b, err = m.adopt(w, o.NS, o.ID, dir); err != nil {
+		if b, err = m.adopt(w, o.NS, o.ID, dir, o.CgroupParent); err != nil {
 			m.cfg.Log.Warn("adopt a warm shim; starting one", "container", o.ID, "err", err)
 		} else {
 			warm = "yes"

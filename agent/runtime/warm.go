@@ -149,7 +149,7 @@ func pollPidfd(fd int, timeout time.Duration) bool {
 
 // adopt binds w to task (ns, id) in bundle dir and records it there as
 // bootstrap.json. On error w is dead and has left nothing behind.
-func (m *Manager) adopt(w *warmShim, ns, id, dir string) (_ *shimv1.Bootstrap, retErr error) {
+func (m *Manager) adopt(w *warmShim, ns, id, dir, cgroupParent string) (_ *shimv1.Bootstrap, retErr error) {
 	defer func() {
 		if retErr != nil {
 			w.kill()
@@ -157,7 +157,7 @@ func (m *Manager) adopt(w *warmShim, ns, id, dir string) (_ *shimv1.Bootstrap, r
 			os.Remove(filepath.Join(dir, bundle.BootstrapFile))
 		}
 	}()
-	if err := w.exchange(bundle.AdoptRequest{ID: id, Namespace: ns, Bundle: dir}, true); err != nil {
+	if err := w.exchange(bundle.AdoptRequest{ID: id, Namespace: ns, Bundle: dir, CgroupParent: cgroupParent}, true); err != nil {
 		return nil, err
 	}
 	b := &shimv1.Bootstrap{Version: w.boot.GetVersion(), Address: "unix://" + bundle.SocketPath(m.cfg.State, ns, id),

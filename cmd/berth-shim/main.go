@@ -280,7 +280,7 @@ func serve(id, ns, bundleDir, state string, debugLog bool) error {
 		return err
 	}
 	log = log.With("id", id, "namespace", ns)
-	return run(log, l, id, ns, bundleDir, state, nil)
+	return run(log, l, id, ns, bundleDir, state, nil, nil)
 }
 
 // The shim's memory policy.
@@ -396,7 +396,7 @@ func setupServe(debugLog bool) (*slog.Logger, net.Listener, error) {
 // run serves ShimService for container (ns, id) on l until Shutdown (or
 // until l is closed). pre, if set, is a preforked init for the
 // container's Create.
-func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre *container.Preforked) error {
+func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre *container.Preforked, cg *container.PreparedCgroup) error {
 	sock := bundle.SocketPath(state, ns, id)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -408,7 +408,7 @@ func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre 
 	defer svc.Close()
 	svc.SeccompCacheDir = filepath.Join(state, "seccomp")
 	svc.Trim = shimMemory.trim
-	svc.Prefork = pre
+	svc.Prefork, svc.Cgroup = pre, cg
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		return err
@@ -494,11 +494,20 @@ func serveWarm(state, dir string, debugLog bool) error {
 		os.Remove(sock)
 		return err
 	}
-	return run(log, l, req.ID, req.Namespace, req.Bundle, state, pre)
+	os.RemoveAll(dir)
+	// The bundle's config.json is written: make the cgroup now, while
+	// berthd records this shim and calls Create.
+	var cg *container.PreparedCgroup
+	if pre != nil {
+		cg = container.PrepareCgroup(func() (*container.Spec, error) { return task.LoadSpec(req.Bundle) },
+			req.CgroupParent, req.ID, pre)
+	}
+	return run(log, l, req.ID, req.Namespace, req.Bundle, state, pre, cg)
 }
 
 // adopt binds this warm shim to the container: log, cwd and socket move
-// to the container's, and the warm directory goes.
+// to the container's. The warm directory goes after the reply (it is
+// nobody's once the socket has moved).
 func adopt(state, dir string, req bundle.AdoptRequest) error {
 	for _, v := range []struct{ field, val string }{{"id", req.ID}, {"namespace", req.Namespace}} {
 		if err := identifiers.Validate(v.field, v.val); err != nil {
@@ -527,7 +536,6 @@ func adopt(state, dir string, req bundle.AdoptRequest) error {
 	if err := os.Rename(filepath.Join(dir, bundle.WarmSocketName), sock); err != nil {
 		return fmt.Errorf("move the socket: %w", err)
 	}
-	os.RemoveAll(dir)
 	return nil
 }
 

@@ -45,7 +45,10 @@ type AdoptRequest struct {
 	ID        string `json:"id,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Bundle    string `json:"bundle,omitempty"`
-	Commit    bool   `json:"commit,omitempty"`
+	// CgroupParent is the one Create will name: the shim makes the
+	// container's cgroup under it while the adoption completes.
+	CgroupParent string `json:"cgroup_parent,omitempty"`
+	Commit       bool   `json:"commit,omitempty"`
 }
 
 // AdoptReply answers an adoption; Error is empty on success.

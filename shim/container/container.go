@@ -102,6 +102,9 @@ type Config struct {
 	// takes it over (the caller must not use it again) when it was made
 	// with the namespaces the spec asks for, and closes it otherwise.
 	Prefork *Preforked
+	// Cgroup, when set, is the container's cgroup made ahead
+	// (PrepareCgroup); Create takes it if it is the one it would make.
+	Cgroup *PreparedCgroup
 	// SeccompCacheDir, when set, keeps compiled seccomp programs across
 	// processes (see seccomp.go); berth-shim uses <state>/seccomp.
 	SeccompCacheDir string
@@ -209,6 +212,9 @@ func execFlags(nss []specs.LinuxNamespace) uintptr {
 // (an *InitError for failures inside the init). On error nothing is left
 // behind: no process, no cgroup.
 func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
+	// A prepared cgroup not taken goes, last, once the prefork that may
+	// be in it is dead.
+	defer cfg.Cgroup.discard()
 	// Create consumes a prefork in every case: taken below, or killed here.
 	defer cfg.Prefork.Close()
 	if cfg.ID == "" {
@@ -378,14 +384,18 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 		}
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 	}
-	cg, err := cgroup.New(cgPath, res)
-	if err != nil {
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+	cg := cfg.Cgroup.take(cgPath, res, pid)
+	if cg == nil {
+		if cg, err = cgroup.New(cgPath, res); err != nil {
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+		if err := cg.Add(pid); err != nil {
+			c.cg = cg // removed with the rest, below
+			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
+		}
+		cfg.Cgroup.discard()
 	}
 	c.cg = cg
-	if err := cg.Add(pid); err != nil {
-		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
-	}
 	// A bad profile fails here, as if the init had found it.
 	if c.seccomp, err = prepareSeccomp(spec.Linux.Seccomp, cfg.SeccompCacheDir); err != nil {
 		return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)

@@ -2,6 +2,7 @@ package container_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -68,6 +69,8 @@ type fixture struct {
 	reaped bool
 	// prefork, when set, is handed to the next create.
 	prefork *container.Preforked
+	// cgroup, when set, is handed to the next create.
+	cgroup *container.PreparedCgroup
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -110,8 +113,9 @@ func (f *fixture) create(spec *specs.Spec) (*container.Container, error) {
 		Stdio:        container.Stdio{Stdout: f.out, Stderr: f.out},
 		CgroupParent: testCgroupParent,
 		Prefork:      f.prefork,
+		Cgroup:       f.cgroup,
 	})
-	f.prefork = nil
+	f.prefork, f.cgroup = nil, nil
 	if err == nil {
 		f.c = c
 	}
@@ -1088,6 +1092,60 @@ func TestPreforkedInitBecomesTheContainer(t *testing.T) {
 	}
 	if !strings.Contains(out, "memory:"+c.CgroupPath()) {
 		t.Errorf("preforked init not in the container's cgroup %s", c.CgroupPath())
+	}
+}
+
+// A cgroup made ahead with the prefork in it (a warm shim's, during its
+// adoption) is the container's: same path, the spec's limits, the init
+// in it. One made under another parent is removed, and Create makes the
+// right one.
+func TestPreparedCgroupBecomesTheContainers(t *testing.T) {
+	f := newFixture(t)
+	pre, err := container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := f.spec("sh", "-c", "cat /proc/self/cgroup")
+	limit := int64(64 << 20)
+	spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+	id := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name()))
+	load := func() (*container.Spec, error) {
+		raw, err := json.Marshal(spec)
+		if err != nil {
+			return nil, err
+		}
+		return container.ParseSpec(raw)
+	}
+	f.prefork, f.cgroup = pre, container.PrepareCgroup(load, testCgroupParent, id, pre)
+	c := f.mustStart(spec)
+	f.wait(20 * time.Second)
+	if out := f.output(); !strings.Contains(out, "memory:"+c.CgroupPath()) {
+		t.Errorf("init not in the container's cgroup %s:\n%s", c.CgroupPath(), out)
+	}
+	got, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", c.CgroupPath(), "memory.limit_in_bytes"))
+	if err != nil || strings.TrimSpace(string(got)) != strconv.FormatInt(limit, 10) {
+		t.Errorf("memory limit %q (%v), want %d", got, err, limit)
+	}
+
+	// Made under another parent: not taken, and removed.
+	g := newFixture(t)
+	other := testCgroupParent + "-other"
+	g.prefork, err = container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cgroup = container.PrepareCgroup(load, other, id+"-2", g.prefork)
+	spec2 := g.spec("true")
+	c2 := g.mustStart(spec2)
+	g.wait(20 * time.Second)
+	if strings.HasPrefix(c2.CgroupPath(), other+"/") {
+		t.Errorf("container in the prepared cgroup %s under the wrong parent", c2.CgroupPath())
+	}
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", other, id+"-2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cgroup prepared under %s is still there (%v)", other, err)
+	}
+	if cg, err := cgroup.Load(other); err == nil {
+		cg.Delete()
 	}
 }
 

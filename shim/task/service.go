@@ -159,7 +159,10 @@ type Service struct {
 	SeccompCacheDir string
 	// Prefork is a container init started ahead (a warm shim's), for
 	// Create; set before serving. The Service owns it.
-	Prefork   *container.Preforked
+	Prefork *container.Preforked
+	// Cgroup is the container's cgroup being made ahead (a warm shim's,
+	// from its adoption), for Create; set before serving.
+	Cgroup    *container.PreparedCgroup
 	preforkMu sync.Mutex
 	// Trim, when set, replaces debug.FreeOSMemory after a burst of work,
 	// the first being the container's Create (berth-shim's sets its
@@ -196,16 +199,26 @@ func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Serv
 func (s *Service) Close() {
 	s.stop()
 	s.w.close()
-	s.takePrefork().Close()
+	pre, _ := s.takePrefork()
+	pre.Close() // an unused prepared cgroup goes with the bundle
 }
 
 // takePrefork hands the prefork to its one user.
-func (s *Service) takePrefork() *container.Preforked {
+func (s *Service) takePrefork() (*container.Preforked, *container.PreparedCgroup) {
 	s.preforkMu.Lock()
 	defer s.preforkMu.Unlock()
-	p := s.Prefork
-	s.Prefork = nil
-	return p
+	p, cg := s.Prefork, s.Cgroup
+	s.Prefork, s.Cgroup = nil, nil
+	return p, cg
+}
+
+// LoadSpec reads and parses the bundle's config.json.
+func LoadSpec(bundleDir string) (*container.Spec, error) {
+	data, err := os.ReadFile(filepath.Join(bundleDir, bundle.ConfigFile))
+	if err != nil {
+		return nil, err
+	}
+	return container.ParseSpec(data)
 }
 
 func (s *Service) loop() {
@@ -454,10 +467,11 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		}
 	}
 	rootfs := filepath.Join(s.bundleDir, bundle.RootfsDir)
+	pre, preCg := s.takePrefork()
 	c, err := container.Create(ctx, container.Config{
 		ID: s.id, Bundle: s.bundleDir, Parsed: spec, Rootfs: rootfs, Stdio: stdio,
 		Terminal: terminal, CgroupParent: req.GetCgroupParent(), Logger: s.log,
-		SeccompCacheDir: s.SeccompCacheDir, Prefork: s.takePrefork(),
+		SeccompCacheDir: s.SeccompCacheDir, Prefork: pre, Cgroup: preCg,
 	})
 	if err != nil {
 		return nil, initStatus(err)
