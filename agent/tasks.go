@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/berth-dev/berth/agent/network"
 	"github.com/berth-dev/berth/agent/oci"
 	"github.com/berth-dev/berth/agent/runtime"
 	"github.com/berth-dev/berth/api"
@@ -102,6 +103,45 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	if err != nil {
 		return nil, err
 	}
+	created, err := s.createTask(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	created.record(ctx, s.a, c.Id, nil)
+	return &berthv1.CreateTaskResponse{Pid: created.pid}, nil
+}
+
+// createdTask is what creating a task leaves to record in the container's
+// status: by CreateTask at once, or by an attach that also starts it,
+// together with the start, in one commit.
+type createdTask struct {
+	pid     uint32
+	att     *network.Attachment
+	logPath *string // the new log path, if it changed
+}
+
+// apply puts the created task into st.
+func (ct *createdTask) apply(st *berthv1.ContainerStatus) {
+	st.State, st.Pid, st.ExitCode, st.Error, st.OomKilled, st.FinishedAt, st.StoppedByUser =
+		berthv1.ContainerState_CONTAINER_STATE_CREATED, ct.pid, 0, "", false, nil, false
+	st.Networks, st.Ports = ct.att.Networks, ct.att.Ports
+}
+
+// record commits the created task's status, with then applied after it
+// (nil: nothing more), and publishes /tasks/create.
+func (ct *createdTask) record(ctx context.Context, a *Agent, id string, then func(st *berthv1.ContainerStatus)) {
+	a.setStatusAnd(ctx, id, func(st *berthv1.ContainerStatus) {
+		ct.apply(st)
+		if then != nil {
+			then(st)
+		}
+	}, ct.logPath)
+	a.events.Publish(ctx, "/tasks/create", id, map[string]string{"pid": strconv.Itoa(int(ct.pid))})
+}
+
+// createTask creates c's task (shim, init waiting for Start, network) and
+// returns what the caller must record.
+func (s *tasksService) createTask(ctx context.Context, c *berthv1.Container) (*createdTask, error) {
 	ns := namespaces.FromContext(ctx)
 	defer s.a.taskLocks.lock(ns, c.Id)()
 	if old, err := s.a.runtime.Get(ns, c.Id); err == nil {
@@ -185,18 +225,11 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	if full, err := pending.Wait(ctx); err == nil { // joined already, by BeforeInit
 		att = full
 	}
-	pid := t.Pid
-	var newLogPath *string
+	ct := &createdTask{pid: t.Pid, att: att}
 	if c.GetLogPath() != logPath {
-		newLogPath = &logPath
+		ct.logPath = &logPath
 	}
-	s.a.setStatusAnd(ctx, c.Id, func(st *berthv1.ContainerStatus) {
-		st.State, st.Pid, st.ExitCode, st.Error, st.OomKilled, st.FinishedAt, st.StoppedByUser =
-			berthv1.ContainerState_CONTAINER_STATE_CREATED, pid, 0, "", false, nil, false
-		st.Networks, st.Ports = att.Networks, att.Ports
-	}, newLogPath)
-	s.a.events.Publish(ctx, "/tasks/create", c.Id, map[string]string{"pid": strconv.Itoa(int(pid))})
-	return &berthv1.CreateTaskResponse{Pid: pid}, nil
+	return ct, nil
 }
 
 func (s *tasksService) StartTask(ctx context.Context, req *berthv1.StartTaskRequest) (*berthv1.StartTaskResponse, error) {
@@ -513,6 +546,28 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	if open == nil {
 		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
 	}
+	var recorded chan struct{} // closed once a task created here is recorded
+	if open.GetCreateTask() {
+		if open.GetExecId() != "" {
+			return fmt.Errorf("attach: create_task with exec_id %q: a task is the container's, not an exec's: %w", open.GetExecId(), errdefs.ErrInvalidArgument)
+		}
+		c, err := s.container(ctx, open.GetContainerId())
+		if err != nil {
+			return err
+		}
+		ct, err := s.createTask(ctx, c)
+		if err != nil {
+			return err
+		}
+		// Recorded while the stream attaches to the shim, and before
+		// the start, whose status follows this one.
+		recorded = make(chan struct{})
+		go func() {
+			defer close(recorded)
+			ct.record(context.WithoutCancel(ctx), s.a, c.Id, nil)
+		}()
+		defer func() { <-recorded }()
+	}
 	c, t, err := s.task(ctx, open.GetContainerId())
 	if err != nil {
 		return err
@@ -535,6 +590,9 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
 	} else if !msg.GetSubscribed() {
 		return fmt.Errorf("attach to %s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", describe(c.Id, open.GetExecId()), errdefs.ErrFailedPrecondition)
+	}
+	if recorded != nil {
+		<-recorded
 	}
 	var header metadata.MD
 	if open.GetStart() {

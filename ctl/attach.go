@@ -34,6 +34,9 @@ type attachOptions struct {
 	// -a, exec), so no early output is missed: the agent does it (one
 	// round trip less), or, if it does not say it did, StartTask.
 	start bool
+	// createTask has the agent create the task first (run): a failure to
+	// create is reported as a start's.
+	createTask bool
 }
 
 // startError is a failure to start the process attach was to start: the
@@ -53,7 +56,8 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 	if err != nil {
 		return 0, err
 	}
-	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout, Start: o.start}
+	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout,
+		Start: o.start, CreateTask: o.createTask}
 	if err := stream.Send(&berthv1.AttachRequest{Input: &berthv1.AttachRequest_Open{Open: open}}); err != nil {
 		return 0, err
 	}
@@ -62,9 +66,9 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 	// without losing its first output.
 	header, err := stream.Header()
 	if err != nil {
-		if o.start {
-			// The stream's status is what stopped it: the start's error,
-			// or the attach's.
+		if o.start || o.createTask {
+			// The stream's status is what stopped it: the create's or
+			// the start's error, or the attach's.
 			if serr := stream.RecvMsg(new(berthv1.AttachResponse)); serr != nil && serr != io.EOF {
 				err = serr
 			}

@@ -121,22 +121,19 @@ func newRunCommand(c *CLI) *cobra.Command {
 			if err != nil {
 				return runError{exitRunFailed, err}
 			}
-			if _, err := cl.Tasks.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: ctr.Id}); err != nil {
-				c.cleanupFailedRun(cl, ctr, f.rm)
-				return runError{startFailureCode(err), err}
-			}
-			start := func(ctx context.Context) error {
-				_, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id})
-				return err
-			}
 			if detach {
-				if err := start(ctx); err != nil {
+				if _, err := cl.Tasks.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: ctr.Id}); err != nil {
+					c.cleanupFailedRun(cl, ctr, f.rm)
+					return runError{startFailureCode(err), err}
+				}
+				if _, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id}); err != nil {
 					c.cleanupFailedRun(cl, ctr, f.rm)
 					return runError{startFailureCode(err), err}
 				}
 				fmt.Fprintln(c.Out, ctr.Id)
 				return nil
 			}
+			// Attached: one call creates the task, attaches and starts.
 			code, err := c.attach(ctx, cl, attachOptions{
 				containerID:  ctr.Id,
 				stdin:        f.interactive,
@@ -145,6 +142,7 @@ func newRunCommand(c *CLI) *cobra.Command {
 				proxySignals: true,
 				detachKeys:   defaultDetachKeys,
 				start:        true,
+				createTask:   true,
 			})
 			if errors.Is(err, errDetached) {
 				return nil

@@ -1404,7 +1404,12 @@ type AttachOpen struct {
 	// no output is lost and no second call is needed: what `run` does. An
 	// agent that did so says it with the header "berth-started: true"; a
 	// start failure ends the stream with StartTask's error.
-	Start         bool `protobuf:"varint,7,opt,name=start,proto3" json:"start,omitempty"`
+	Start bool `protobuf:"varint,7,opt,name=start,proto3" json:"start,omitempty"`
+	// create_task creates the container's task first, as CreateTask would
+	// (the stream then fails with CreateTask's error if that fails). With
+	// start it is the whole of `run`'s create-and-start in one call, and its
+	// status is recorded once, started, rather than created then started.
+	CreateTask    bool `protobuf:"varint,8,opt,name=create_task,json=createTask,proto3" json:"create_task,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1484,6 +1489,13 @@ func (x *AttachOpen) GetLogs() bool {
 func (x *AttachOpen) GetStart() bool {
 	if x != nil {
 		return x.Start
+	}
+	return false
+}
+
+func (x *AttachOpen) GetCreateTask() bool {
+	if x != nil {
+		return x.CreateTask
 	}
 	return false
 }
@@ -2662,7 +2674,7 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x06resize\x18\x03 \x01(\v2\x15.berth.v1.ConsoleSizeH\x00R\x06resize\x12!\n" +
 	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
 	"closeStdinB\a\n" +
-	"\x05input\"\xb8\x01\n" +
+	"\x05input\"\xd9\x01\n" +
 	"\n" +
 	"AttachOpen\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
@@ -2671,7 +2683,9 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x06stdout\x18\x04 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x05 \x01(\bR\x06stderr\x12\x12\n" +
 	"\x04logs\x18\x06 \x01(\bR\x04logs\x12\x14\n" +
-	"\x05start\x18\a \x01(\bR\x05start\"t\n" +
+	"\x05start\x18\a \x01(\bR\x05start\x12\x1f\n" +
+	"\vcreate_task\x18\b \x01(\bR\n" +
+	"createTask\"t\n" +
 	"\x0eAttachResponse\x12&\n" +
 	"\x04data\x18\x01 \x01(\v2\x10.berth.v1.OutputH\x00R\x04data\x120\n" +
 	"\x04exit\x18\x02 \x01(\v2\x1a.berth.v1.WaitTaskResponseH\x00R\x04exitB\b\n" +
