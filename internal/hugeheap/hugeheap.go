@@ -1,8 +1,9 @@
 //go:build linux
 
 // Package hugeheap puts the start of the Go heap on transparent huge
-// pages, for a short-lived command whose run time is mostly its start-up:
-// import it (for its side effect) from main, as berthctl does.
+// pages, for a short-lived process whose run time is mostly its start-up:
+// berthctl imports hugeheap/atstart (for its side effect), and a
+// preforked container init calls Collapse while it waits.
 //
 // Why: a Go binary the size of berthctl touches about 700 pages before
 // main runs, more than half of them fresh heap pages, each a page fault.
@@ -15,10 +16,10 @@
 // life. Without THP, or on an older kernel, the madvise calls fail and
 // nothing changes.
 //
-// The package imports only syscall and unsafe, so the Go runtime runs its
-// init among the first (packages initialise in import-path order, as soon
-// as their imports are done), before the bulk of the allocations
-// (protobuf's registry, gRPC, cobra) touch the heap.
+// The package imports only syscall and unsafe, so that atstart's init runs
+// among the first (packages initialise in import-path order, as soon as
+// their imports are done), before the bulk of the allocations (protobuf's
+// registry, gRPC, cobra) touch the heap.
 package hugeheap
 
 import (
@@ -35,12 +36,11 @@ const (
 // anchor is a heap object: its address says where the heap is.
 var anchor *[64]byte
 
-// Collapsed is how many 2 MiB chunks of the heap init backed with a huge
-// page (for tests and diagnostics).
-var Collapsed int
-
-func init() {
+// Collapse backs the 2 MiB chunk of the heap that holds a fresh object,
+// and the next one, with huge pages, and returns how many it did.
+func Collapse() int {
 	anchor = new([64]byte)
+	n := 0
 	a := uintptr(unsafe.Pointer(anchor)) &^ (hugePage - 1)
 	for _, c := range []uintptr{a, a + hugePage} {
 		// MADV_HUGEPAGE first, so the kernel keeps the huge page (and
@@ -50,7 +50,8 @@ func init() {
 			continue
 		}
 		if _, _, e := syscall.RawSyscall(syscall.SYS_MADVISE, c, hugePage, madvCollapse); e == 0 {
-			Collapsed++
+			n++
 		}
 	}
+	return n
 }

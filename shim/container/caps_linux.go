@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -58,15 +59,24 @@ func CapabilityMask(names []string) (uint64, error) {
 	return m, nil
 }
 
-func lastCap() int {
-	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if err == nil {
+// hostCaps returns the kernel's last capability and this process's
+// bounding set, read once: a preforked init reads them ahead (neither
+// changes before its bootstrap), and the init then reads neither file nor
+// the 41 bits again.
+var hostCaps = sync.OnceValues(func() (last int, bounding uint64) {
+	last = len(capNames) - 1
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			return n
+			last = n
 		}
 	}
-	return len(capNames) - 1
-}
+	for i := 0; i <= last && i < 64; i++ {
+		if ok, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(i), 0, 0, 0); err == nil && ok == 1 {
+			bounding |= 1 << uint(i)
+		}
+	}
+	return last, bounding
+})
 
 // capSets is the spec's capabilities as masks, clamped to what this
 // process may hold.
@@ -82,13 +92,7 @@ func resolveCaps(c *specs.LinuxCapabilities) (capSets, []string, error) {
 	if c == nil {
 		return s, nil, nil
 	}
-	var host uint64
-	last := lastCap()
-	for i := 0; i <= last && i < 64; i++ {
-		if ok, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(i), 0, 0, 0); err == nil && ok == 1 {
-			host |= 1 << uint(i)
-		}
-	}
+	_, host := hostCaps()
 	var warnings []string
 	var dropped uint64
 	for _, x := range []struct {
@@ -119,10 +123,10 @@ func resolveCaps(c *specs.LinuxCapabilities) (capSets, []string, error) {
 
 // dropBounding removes from the bounding set everything not in keep.
 func dropBounding(keep uint64) error {
-	last := lastCap()
+	last, had := hostCaps()
 	for i := 0; i <= last && i < 64; i++ {
-		if keep&(1<<uint(i)) != 0 {
-			continue
+		if keep&(1<<uint(i)) != 0 || had&(1<<uint(i)) == 0 {
+			continue // kept, or not there to drop
 		}
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(i), 0, 0, 0); err != nil && err != unix.EINVAL {
 			return fmt.Errorf("drop %s from the bounding set: %w", capName(i), err)

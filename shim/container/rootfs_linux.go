@@ -558,7 +558,18 @@ func (r *rootfsSetup) createDevices() error {
 	// The process umask would strip the nodes' modes.
 	old := unix.Umask(0)
 	defer unix.Umask(old)
-	devs := append([]specs.LinuxDevice{}, defaultDevices...)
+	// The spec's own entry for a default device (Docker's list has them
+	// all, with owners) replaces it rather than making it twice.
+	inSpec := map[string]bool{}
+	for _, d := range r.spec.Linux.Devices {
+		inSpec[filepath.Clean(d.Path)] = true
+	}
+	var devs []specs.LinuxDevice
+	for _, d := range defaultDevices {
+		if !inSpec[filepath.Clean(d.Path)] {
+			devs = append(devs, d)
+		}
+	}
 	devs = append(devs, r.spec.Linux.Devices...)
 	for _, d := range devs {
 		if err := createDevice(r.rootfs, d); err != nil {
