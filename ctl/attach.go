@@ -65,6 +65,14 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 	// started the process): only then is it safe to start the process
 	// without losing its first output.
 	header, err := stream.Header()
+	if err == nil && header == nil {
+		// The stream ended before its headers (gRPC then reports no
+		// error here): RecvMsg has its status.
+		err = stream.RecvMsg(new(berthv1.AttachResponse))
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("attach to %s: the agent ended the stream without a word", o.containerID)
+		}
+	}
 	if err != nil {
 		if o.start || o.createTask {
 			// The stream's status is what stopped it: the create's or
