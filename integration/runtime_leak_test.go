@@ -164,10 +164,11 @@ func TestRunRemoveCyclesLeakNothing(t *testing.T) {
 	if after.goroutines > before.goroutines+2 || after.fds > before.fds {
 		t.Errorf("berthd grew: goroutines %d → %d, fds %d → %d", before.goroutines, after.goroutines, before.fds, after.fds)
 	}
-	// One idle warm shim (runtime.warm_shims = 1) may stand ready, and no
-	// more: its socket is in its own directory, not among the tasks'. So
-	// may one warm network attachment (network.warm_attachments = 1).
-	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.warm > 1 || after.warmNet > 1 || after.bundles != 0 || after.logDirs != 0 ||
+	// Two idle warm shims (runtime.warm_shims = 2) may stand ready, and
+	// no more: their sockets are in their own directories, not among the
+	// tasks'. So may one warm network attachment
+	// (network.warm_attachments = 1).
+	if after.mounts != 0 || after.cgroups != 0 || after.sockets != 0 || after.shims != 0 || after.warm > 2 || after.warmNet > 1 || after.bundles != 0 || after.logDirs != 0 ||
 		after.snapshots != before.snapshots || before.snapshots == 0 {
 		t.Errorf("left behind after %d cycles: %+v", cycles, after)
 	}

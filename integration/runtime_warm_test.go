@@ -74,7 +74,7 @@ func preforkedInits(shims []int) []int {
 // warm shim and its preforked init go away with berthd, whether it stops
 // or is killed, leaving nothing under the state dir.
 func TestWarmShimLifecycle(t *testing.T) {
-	r := startRuntime(t)
+	r := startRuntime(t, withMoreConfig("[runtime]\nwarm_shims = 1\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -137,7 +137,7 @@ func TestWarmShimLifecycle(t *testing.T) {
 // A warm shim that died before use is not used: the create starts a shim
 // the ordinary way and succeeds.
 func TestDeadWarmShimFallsBack(t *testing.T) {
-	r := startRuntime(t)
+	r := startRuntime(t, withMoreConfig("[runtime]\nwarm_shims = 1\n"))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	warm := r.waitWarm(1)

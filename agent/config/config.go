@@ -175,7 +175,9 @@ max_files = 3
 # container init already forked, so that a container start adopts one
 # instead of waiting for a shim to start (about 2/3 of a start's time
 # here). Each costs an idle shim and init, a few MiB. 0 turns it off.
-warm_shims = 1
+# With two, the second covers a container started right after another
+# while the first one's replacement waits for the host to be quiet.
+warm_shims = 2
 
 [images]
 # max_concurrent_downloads bounds the layers one pull downloads at once.

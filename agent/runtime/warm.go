@@ -268,26 +268,32 @@ func (m *Manager) keepWarm() {
 			return
 		case <-m.refillc:
 		}
-		if !m.quiet(warmRefillDelay) {
+		if len(m.warm) > 0 && !m.quiet(warmRefillDelay) {
 			return
 		}
 	}
 }
 
 // warmRefillDelay is how long the pool keeper waits, after the last warm
-// shim was taken, before it starts the next one. Starting a shim is three
-// Go runtimes coming up (about 60 ms of CPU and a few thousand page
-// faults), and made at once it ran alongside the container that took the
-// last one: that container's start, exit and removal, about 40 ms more,
-// were 15-20 ms slower on a 2-core host. Starting it at SCHED_IDLE did not
-// help (measured): page faults contend below the scheduler, in the
-// hypervisor's MMU, not for CPU time. 150 ms covers a `run --rm true` to its end; a burst
-// of creates defers the refill until it is over, its creates starting
-// cold meanwhile, which costs the same CPU the refill would have.
+// shim was taken, before it starts the next one, while the pool still
+// holds one. Starting a shim is three Go runtimes coming up (about 60 ms
+// of CPU and a few thousand page faults), and made at once it ran
+// alongside the container that took the last one: that container's
+// start, exit and removal, about 40 ms more, were 15-20 ms slower on a
+// 2-core host. Starting it at SCHED_IDLE did not help (measured): page
+// faults contend below the scheduler, in the hypervisor's MMU, not for
+// CPU time. 150 ms covers a `run --rm true` to its end.
+//
+// Once the pool is empty the refill starts at once: containers started
+// back to back (a script's loop, a burst) would otherwise all start cold,
+// 30-40 ms slower each. That is why the default pool holds two: the
+// second covers the next container while the first one's replacement
+// waits for quiet.
 const warmRefillDelay = 150 * time.Millisecond
 
 // quiet waits until d has passed with no further refill request; it
-// returns false if the Manager closed meanwhile.
+// returns at once when the pool empties, and false if the Manager closed
+// meanwhile.
 func (m *Manager) quiet(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -296,6 +302,9 @@ func (m *Manager) quiet(d time.Duration) bool {
 		case <-m.ctx.Done():
 			return false
 		case <-m.refillc:
+			if len(m.warm) == 0 {
+				return true
+			}
 			t.Reset(d)
 		case <-t.C:
 			return true

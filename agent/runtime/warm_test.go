@@ -5,12 +5,14 @@ import (
 	"time"
 )
 
-// The pool keeper starts the next warm shim only once takes have stopped
-// for the delay: never while a burst of creates (or the container that
-// took the last shim) is still under way; and Close wakes it at once.
+// While the pool still holds a shim, the pool keeper starts the next one
+// only once takes have stopped for the delay: never while a burst of
+// creates (or the container that took the last shim) is still under way;
+// and Close wakes it at once.
 func TestRefillWaitsForQuiet(t *testing.T) {
-	m := New(Config{WarmShims: 1})
+	m := New(Config{WarmShims: 2})
 	defer m.Close()
+	m.warm <- &warmShim{} // one left in the pool
 	const d = 80 * time.Millisecond
 	quietAt := make(chan time.Time, 1)
 	go func() {
@@ -56,5 +58,31 @@ burst:
 	m.Close()
 	if <-res {
 		t.Fatal("quiet reported a quiet hour after Close")
+	}
+}
+
+// Once the pool is empty, a take starts the refill at once: containers
+// started back to back would otherwise all start cold.
+func TestRefillAtOnceWhenThePoolIsEmpty(t *testing.T) {
+	m := New(Config{WarmShims: 2})
+	defer m.Close()
+	m.warm <- &warmShim{}
+	res := make(chan bool, 1)
+	go func() { res <- m.quiet(time.Hour) }()
+	m.refill() // one still in the pool: keep waiting
+	select {
+	case <-res:
+		t.Fatal("refill started with a shim still in the pool")
+	case <-time.After(50 * time.Millisecond):
+	}
+	<-m.warm // the last one taken
+	m.refill()
+	select {
+	case ok := <-res:
+		if !ok {
+			t.Fatal("quiet gave up though the Manager is open")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("an empty pool waited for quiet")
 	}
 }
