@@ -876,10 +876,20 @@ func (a *Agent) autoRemoveOnExit(ctx context.Context, id string) bool {
 	a.bg.Add(1)
 	go func() {
 		defer a.bg.Done()
+		// After the client has its answer: the attach waiting for this
+		// removal sends the exit as soon as the record is gone, and the
+		// teardown (unmounts, the shim's exit) competed with that and
+		// with the client's own exit for the CPU.
+		time.Sleep(autoRemoveRestDelay)
 		rest()
 	}()
 	return true
 }
+
+// autoRemoveRestDelay is how long a --rm container's task, rootfs and
+// logs outlive its record: a few times what the exit takes to reach a
+// client after the record is gone (about 5 ms here).
+const autoRemoveRestDelay = 20 * time.Millisecond
 
 // removeOrphans finishes the removals a crash cut short. A removal
 // deletes the record first and the rest after it (for --rm, after the
