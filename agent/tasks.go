@@ -73,8 +73,18 @@ func (a *Agent) setStatus(ctx context.Context, id string, fn func(st *berthv1.Co
 // setStatusAnd is setStatus that also sets the log path when logPath is
 // not nil, in the same transaction.
 func (a *Agent) setStatusAnd(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus), logPath *string) (*berthv1.Container, error) {
+	return a.setStatusOrdered(ctx, id, fn, logPath, nil)
+}
+
+// setStatusOrdered is setStatusAnd that closes inLine, when not nil, once
+// it holds the status lock: every status update that starts after that
+// comes after this one.
+func (a *Agent) setStatusOrdered(ctx context.Context, id string, fn func(st *berthv1.ContainerStatus), logPath *string, inLine chan<- struct{}) (*berthv1.Container, error) {
 	a.statusMu.Lock()
 	defer a.statusMu.Unlock()
+	if inLine != nil {
+		close(inLine)
+	}
 	c, err := a.db.Containers().Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -127,15 +137,10 @@ func (ct *createdTask) apply(st *berthv1.ContainerStatus) {
 	st.Networks, st.Ports = ct.att.Networks, ct.att.Ports
 }
 
-// record commits the created task's status, with then applied after it
-// (nil: nothing more), and publishes /tasks/create.
-func (ct *createdTask) record(ctx context.Context, a *Agent, id string, then func(st *berthv1.ContainerStatus)) {
-	a.setStatusAnd(ctx, id, func(st *berthv1.ContainerStatus) {
-		ct.apply(st)
-		if then != nil {
-			then(st)
-		}
-	}, ct.logPath)
+// record commits the created task's status and publishes /tasks/create;
+// inLine is as for setStatusOrdered.
+func (ct *createdTask) record(ctx context.Context, a *Agent, id string, inLine chan<- struct{}) {
+	a.setStatusOrdered(ctx, id, ct.apply, ct.logPath, inLine)
 	a.events.Publish(ctx, "/tasks/create", id, map[string]string{"pid": strconv.Itoa(int(ct.pid))})
 }
 
@@ -546,7 +551,7 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	if open == nil {
 		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
 	}
-	var recorded chan struct{} // closed once a task created here is recorded
+	var recorded chan struct{} // closed once a task created here is recorded (see below)
 	if open.GetCreateTask() {
 		if open.GetExecId() != "" {
 			return fmt.Errorf("attach: create_task with exec_id %q: a task is the container's, not an exec's: %w", open.GetExecId(), errdefs.ErrInvalidArgument)
@@ -559,13 +564,20 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		if err != nil {
 			return err
 		}
-		// Recorded while the stream attaches to the shim, and before
-		// the start, whose status follows this one.
+		// Recorded while the stream attaches to the shim and the init
+		// starts: the commit holds the status lock before the start
+		// begins, so the start's status, and the start and exit events',
+		// come after it.
 		recorded = make(chan struct{})
+		inLine := make(chan struct{})
 		go func() {
 			defer close(recorded)
-			ct.record(context.WithoutCancel(ctx), s.a, c.Id, nil)
+			ct.record(context.WithoutCancel(ctx), s.a, c.Id, inLine)
 		}()
+		select {
+		case <-inLine:
+		case <-recorded: // failed before it got the lock
+		}
 		defer func() { <-recorded }()
 	}
 	c, t, err := s.task(ctx, open.GetContainerId())
@@ -591,9 +603,7 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	} else if !msg.GetSubscribed() {
 		return fmt.Errorf("attach to %s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", describe(c.Id, open.GetExecId()), errdefs.ErrFailedPrecondition)
 	}
-	if recorded != nil {
-		<-recorded
-	}
+
 	var header metadata.MD
 	if open.GetStart() {
 		// Attached: start it now, a round trip sooner than the client
