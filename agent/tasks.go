@@ -122,8 +122,8 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 }
 
 // createdTask is what creating a task leaves to record in the container's
-// status: by CreateTask at once, or by an attach that also starts it,
-// together with the start, in one commit.
+// status: by CreateTask before it answers, or by an attach with
+// create_task while the init starts (see Attach).
 type createdTask struct {
 	pid     uint32
 	att     *network.Attachment
@@ -551,13 +551,15 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	if open == nil {
 		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
 	}
-	var recorded chan struct{} // closed once a task created here is recorded (see below)
+	var (
+		c *berthv1.Container
+		t *runtime.Task
+	)
 	if open.GetCreateTask() {
 		if open.GetExecId() != "" {
 			return fmt.Errorf("attach: create_task with exec_id %q: a task is the container's, not an exec's: %w", open.GetExecId(), errdefs.ErrInvalidArgument)
 		}
-		c, err := s.container(ctx, open.GetContainerId())
-		if err != nil {
+		if c, err = s.container(ctx, open.GetContainerId()); err != nil {
 			return err
 		}
 		ct, err := s.createTask(ctx, c)
@@ -568,20 +570,17 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		// starts: the commit holds the status lock before the start
 		// begins, so the start's status, and the start and exit events',
 		// come after it.
-		recorded = make(chan struct{})
-		inLine := make(chan struct{})
+		recorded, inLine := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(recorded)
 			ct.record(context.WithoutCancel(ctx), s.a, c.Id, inLine)
 		}()
-		select {
-		case <-inLine:
-		case <-recorded: // failed before it got the lock
-		}
+		<-inLine
 		defer func() { <-recorded }()
-	}
-	c, t, err := s.task(ctx, open.GetContainerId())
-	if err != nil {
+		if t, err = s.a.runtime.Get(namespaces.FromContext(ctx), c.Id); err != nil {
+			return err
+		}
+	} else if c, t, err = s.task(ctx, open.GetContainerId()); err != nil {
 		return err
 	}
 	sctx, cancel := context.WithCancel(ctx)
@@ -603,7 +602,6 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	} else if !msg.GetSubscribed() {
 		return fmt.Errorf("attach to %s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", describe(c.Id, open.GetExecId()), errdefs.ErrFailedPrecondition)
 	}
-
 	var header metadata.MD
 	if open.GetStart() {
 		// Attached: start it now, a round trip sooner than the client

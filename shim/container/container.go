@@ -393,7 +393,7 @@ func Create(ctx context.Context, cfg Config) (_ *Container, retErr error) {
 			c.cg = cg // removed with the rest, below
 			return nil, fmt.Errorf("create container %s: %w", cfg.ID, err)
 		}
-		cfg.Cgroup.discard()
+		// A prepared cgroup not taken is removed on the way out (above).
 	}
 	c.cg = cg
 	// A bad profile fails here, as if the init had found it.

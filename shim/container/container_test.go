@@ -1117,6 +1117,9 @@ func TestPreparedCgroupBecomesTheContainers(t *testing.T) {
 		return container.ParseSpec(raw)
 	}
 	f.prefork, f.cgroup = pre, container.PrepareCgroup(load, testCgroupParent, id, pre)
+	if got := f.cgroup.Spec(); got == nil || got.Terminal() != spec.Process.Terminal {
+		t.Fatalf("the prepared cgroup's spec: %v, want the one it was made from", got)
+	}
 	c := f.mustStart(spec)
 	f.wait(20 * time.Second)
 	if out := f.output(); !strings.Contains(out, "memory:"+c.CgroupPath()) {

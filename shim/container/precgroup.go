@@ -19,12 +19,14 @@ import (
 // otherwise waits out inside Create. Made during the adoption, it is
 // ready, or nearly, when Create needs it.
 type PreparedCgroup struct {
-	done chan struct{}
-	path string
-	res  []byte // the resources it was made with, as JSON
-	pid  int    // the process put in it, 0 for none
-	cg   cgroup.Manager
-	err  error
+	done   chan struct{}
+	loaded chan struct{} // closed once spec is read (nil on error)
+	spec   *Spec
+	path   string
+	res    []byte // the resources it was made with, as JSON
+	pid    int    // the process put in it, 0 for none
+	cg     cgroup.Manager
+	err    error
 }
 
 // PrepareCgroup starts making, in the background, the cgroup that Create
@@ -34,15 +36,19 @@ type PreparedCgroup struct {
 // an error) it removes. A container that is never created leaves the
 // cgroup to its bundle's cleanup, as a failed Create does.
 func PrepareCgroup(load func() (*Spec, error), cgroupParent, id string, pre *Preforked) *PreparedCgroup {
-	p := &PreparedCgroup{done: make(chan struct{})}
+	p := &PreparedCgroup{done: make(chan struct{}), loaded: make(chan struct{})}
 	pid := 0
 	if pre != nil {
 		pid = pre.pid
 	}
 	go func() {
 		defer close(p.done)
-		var spec *Spec
-		if spec, p.err = load(); p.err != nil {
+		spec, err := load()
+		if err == nil {
+			p.spec = spec
+		}
+		close(p.loaded)
+		if p.err = err; err != nil {
 			return
 		}
 		if spec == nil || spec.view.Linux == nil {
@@ -64,6 +70,17 @@ func PrepareCgroup(load func() (*Spec, error), cgroupParent, id string, pre *Pre
 		}
 	}()
 	return p
+}
+
+// Spec returns the spec the preparation read (the bundle's config.json),
+// nil if it could not: Create's caller uses it rather than read and parse
+// the same file again.
+func (p *PreparedCgroup) Spec() *Spec {
+	if p == nil {
+		return nil
+	}
+	<-p.loaded
+	return p.spec
 }
 
 // take waits for the preparation and returns its cgroup if it is the one
@@ -100,7 +117,7 @@ func (p *PreparedCgroup) discard() {
 		return
 	}
 	<-p.done
-	if p.cg != nil && p.path != "" {
+	if p.cg != nil {
 		_ = p.cg.Delete()
 		p.cg = nil
 	}

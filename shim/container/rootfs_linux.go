@@ -148,7 +148,6 @@ type rootfsSetup struct {
 	// in its cgroup) and any mount that overlaps one of those, in spec
 	// order.
 	deferred []specs.Mount
-	devsDone bool // /dev populated already
 }
 
 // startRootfs and completeRootfs run in the init, in its own mount
@@ -180,13 +179,17 @@ func startRootfs(spec *specs.Spec, rootfs, bundle string) (*rootfsSetup, error) 
 			return nil, err
 		}
 	}
-	if !overlapsAny("/dev", r.deferred) {
+	if !r.devDeferred() {
 		if err := r.populateDev(); err != nil {
 			return nil, err
 		}
 	}
 	return r, nil
 }
+
+// devDeferred: a deferred mount overlaps /dev, so /dev is populated once
+// they are made.
+func (r *rootfsSetup) devDeferred() bool { return overlapsAny("/dev", r.deferred) }
 
 // completeRootfs mounts the deferred entries, in the cgroup (and cgroup
 // namespace) by now, and pivots into the rootfs.
@@ -196,8 +199,10 @@ func (r *rootfsSetup) completeRootfs() error {
 			return err
 		}
 	}
-	if err := r.populateDev(); err != nil {
-		return err
+	if r.devDeferred() {
+		if err := r.populateDev(); err != nil {
+			return err
+		}
 	}
 	if err := pivotRoot(r.rootfs); err != nil {
 		return err
@@ -214,12 +219,8 @@ func (r *rootfsSetup) completeRootfs() error {
 	return nil
 }
 
-// populateDev creates the device nodes and links in a /dev tmpfs, once.
+// populateDev creates the device nodes and links in a /dev tmpfs.
 func (r *rootfsSetup) populateDev() error {
-	if r.devsDone {
-		return nil
-	}
-	r.devsDone = true
 	if r.devTmpfs {
 		if err := r.createDevices(); err != nil {
 			return err

@@ -412,13 +412,20 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	if exists {
 		return nil, status.Errorf(codes.AlreadyExists, "container %s already has a task", s.id)
 	}
-	data, err := os.ReadFile(filepath.Join(s.bundleDir, bundle.ConfigFile))
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "read the bundle's config.json: %v", err)
-	}
-	spec, err := container.ParseSpec(data)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "the bundle's config.json: %v", err)
+	// A warm shim read config.json at its adoption, to make the cgroup.
+	s.preforkMu.Lock()
+	prepared := s.Cgroup
+	s.preforkMu.Unlock()
+	spec := prepared.Spec()
+	var err error
+	if spec == nil {
+		data, err := os.ReadFile(filepath.Join(s.bundleDir, bundle.ConfigFile))
+		if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "read the bundle's config.json: %v", err)
+		}
+		if spec, err = container.ParseSpec(data); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "the bundle's config.json: %v", err)
+		}
 	}
 	terminal := req.GetTerminal() || spec.Terminal()
 
