@@ -279,9 +279,18 @@ func (s syncSocket) recvFDs() (syncMsg, []int, error) {
 // where the following recv reports io.EOF).
 func (s syncSocket) peekSize() (int, error) {
 	var one [1]byte
+	reset := false
 	for {
 		n, _, _, _, err := unix.Recvmsg(s.fd, one[:], nil, unix.MSG_PEEK|unix.MSG_TRUNC)
 		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.ECONNRESET && !reset {
+			// The other end closed with a message of ours unread (an
+			// init that failed before reading the cgroup message): the
+			// kernel reports that first, and only once, ahead of the
+			// messages it sent before, which are still queued: read on.
+			reset = true
 			continue
 		}
 		if err != nil {

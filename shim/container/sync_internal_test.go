@@ -2,6 +2,8 @@ package container
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -83,5 +85,33 @@ func TestInitConfigSpec(t *testing.T) {
 	}
 	if _, err := (&initConfig{SpecJSON: []byte(`{"process":`)}).spec(); err == nil {
 		t.Fatal("a truncated spec decoded")
+	}
+}
+
+// An init that fails before reading the shim's latest message (a mount
+// error while the shim makes the cgroup) closes its end with that message
+// unread, and the kernel then reports ECONNRESET to the shim ahead of the
+// error message the init sent first: the shim must still read the error.
+func TestErrorOfAPeerThatClosedWithUnreadData(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shim, init := syncSocket{fd: fds[0]}, syncSocket{fd: fds[1]}
+	defer shim.close()
+	if err := init.send(syncMsg{Type: msgError, Err: &InitError{Stage: StageRootfs, Message: "bad device"}}, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := shim.send(syncMsg{Type: msgCgroup}, -1); err != nil { // never read
+		t.Fatal(err)
+	}
+	init.close()
+	m, fd, err := shim.recv()
+	closeFD(fd)
+	if err != nil || m.Type != msgError || m.Err == nil || m.Err.Stage != StageRootfs {
+		t.Fatalf("got %+v, %v; want the init's rootfs error", m, err)
+	}
+	if _, _, err := shim.recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last message: %v, want EOF", err)
 	}
 }
