@@ -175,7 +175,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	a.runtime = runtime.New(runtime.Config{
 		State: cfg.State, ShimBinary: shimBinary(), Log: log.With("component", "runtime"),
 		OnEvent: a.onTaskEvent, ShimDebug: log.Enabled(context.Background(), slog.LevelDebug),
-		WarmShims: cfg.Runtime.WarmShims,
+		WarmShims: cfg.Runtime.WarmShims, CgroupParent: cfg.CgroupParent,
 	})
 	a.recoverTasks(context.Background())
 	a.runtime.StartWarm()

@@ -30,6 +30,56 @@ func (r *rt) waitWarm(n int) []int {
 	}
 }
 
+// warmGroups lists the groups idle warm shims made ahead under berthd's
+// cgroup parent (cgroup v1 only: v2 cannot rename them into a
+// container's), each with the pids in it.
+func (r *rt) warmGroups() map[string][]int {
+	out := map[string][]int{}
+	ents, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup/pids", r.cgParent))
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), ".warm-") {
+			procs, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/pids", r.cgParent, e.Name(), "cgroup.procs"))
+			var pids []int
+			for _, f := range strings.Fields(string(procs)) {
+				n, _ := strconv.Atoi(f)
+				pids = append(pids, n)
+			}
+			out[e.Name()] = pids
+		}
+	}
+	return out
+}
+
+// waitWarmGroups waits until there are n warm groups, none empty.
+func (r *rt) waitWarmGroups(n int) map[string][]int {
+	r.t.Helper()
+	if !cgroupV1() {
+		n = 0
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		g := r.warmGroups()
+		full := 0
+		for _, pids := range g {
+			if len(pids) > 0 {
+				full++
+			}
+		}
+		if len(g) == n && full == n {
+			return g
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("warm groups after 20s: %v, want %d with a process each", g, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func cgroupV1() bool {
+	_, err := os.Stat("/sys/fs/cgroup/pids/cgroup.procs")
+	return err == nil
+}
+
 // gone waits until none of pids exists.
 func gone(t testing.TB, what string, pids ...int) {
 	t.Helper()
@@ -83,6 +133,14 @@ func TestWarmShimLifecycle(t *testing.T) {
 	if len(inits) != 1 {
 		t.Fatalf("warm shim %v has preforked inits %v, want one", warm, inits)
 	}
+	// On cgroup v1 the warm shim has made its container's group ahead,
+	// with the preforked init in it.
+	groups := r.waitWarmGroups(1)
+	for name, pids := range groups {
+		if len(pids) != 1 || pids[0] != inits[0] {
+			t.Errorf("warm group %s holds %v, want the preforked init %d", name, pids, inits[0])
+		}
+	}
 	c := r.run(ctx, &berthv1.ContainerSpec{Cmd: []string{"sh", "-c", "echo $$; sleep 300"}})
 	got, err := r.cc.GetContainer(ctx, &berthv1.GetContainerRequest{Id: c.Id})
 	if err != nil {
@@ -99,6 +157,15 @@ func TestWarmShimLifecycle(t *testing.T) {
 	if next[0] == warm[0] {
 		t.Fatal("the adopted shim still counts as warm")
 	}
+	// The adopted group is the container's now: renamed, the init in it.
+	if procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/pids", r.cgParent, c.Id, "cgroup.procs")); err != nil || !strings.Contains(string(procs), strconv.Itoa(inits[0])) {
+		t.Errorf("container's group holds %q (%v), want its init %d", procs, err, inits[0])
+	}
+	for name := range r.waitWarmGroups(1) {
+		if _, used := groups[name]; used {
+			t.Errorf("the adopted warm group %s is still there", name)
+		}
+	}
 
 	// kill -9: the idle warm shim and its init leave by themselves; the
 	// container's shim stays, as every shim does.
@@ -108,6 +175,9 @@ func TestWarmShimLifecycle(t *testing.T) {
 	gone(t, "preforked init", nextInits...)
 	if ents, _ := os.ReadDir(filepath.Join(r.d.state, "warm")); len(ents) != 0 {
 		t.Errorf("warm dir not cleaned after kill -9: %v", ents)
+	}
+	if g := r.warmGroups(); len(g) != 0 {
+		t.Errorf("warm groups left after kill -9: %v", g)
 	}
 	if err := syscall.Kill(shims[0], 0); err != nil {
 		t.Fatalf("the container's shim died with berthd: %v", err)
@@ -132,6 +202,9 @@ func TestWarmShimLifecycle(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(r.d.state, "warm")); len(ents) != 0 {
 		t.Errorf("warm dir not cleaned after stop: %v", ents)
 	}
+	if g := r.warmGroups(); len(g) != 0 {
+		t.Errorf("warm groups left after stop: %v", g)
+	}
 }
 
 // A warm shim that died before use is not used: the create starts a shim
@@ -151,6 +224,15 @@ func TestDeadWarmShimFallsBack(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(r.d.state, "warm")); len(ents) != 1 {
 		t.Errorf("warm dir holds %d entries, want the new warm shim's only", len(ents))
 	}
+	// The killed shim's group stays, empty, until berthd's next start.
+	if g := r.warmGroups(); cgroupV1() && len(g) != 2 {
+		t.Errorf("warm groups %v, want the killed shim's (empty) and the new one's", g)
+	}
+	r.d.stop()
+	r.d.start()
+	r.connect()
+	r.waitWarm(1)
+	r.waitWarmGroups(1) // fails on an empty one left
 }
 
 // warm_shims = 0: no warm shim, and containers run all the same.

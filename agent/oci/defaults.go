@@ -95,6 +95,14 @@ func defaultMounts() []specs.Mount {
 
 func i64(v int64) *int64 { return &v }
 
+// DefaultResources are the cgroup resources of a container created with
+// no resource options (Generate's Linux.Resources then): no limits, the
+// default device allow-list. Warm shims make their groups ahead with
+// them, so the usual container's group needs no write at its start.
+func DefaultResources() *specs.LinuxResources {
+	return &specs.LinuxResources{Devices: defaultDeviceRules()}
+}
+
 // defaultDeviceRules is the device cgroup allow-list of an unprivileged
 // container. Docker's spec lists fewer rules because runc appends its own
 // (mknod of anything, /dev/full, /dev/ptmx, /dev/pts/*) after them;

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"encoding/json"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -161,5 +162,20 @@ func TestBadID(t *testing.T) {
 		in.ID = id
 		_, err := Generate(t.Context(), in)
 		wantInvalid(t, err, "container id")
+	}
+}
+
+// DefaultResources is what a container created without resource options
+// gets: warm shims make their cgroups ahead with it, and a difference
+// would cost every such container a rewrite of its group at start.
+func TestDefaultResourcesAreThoseOfAPlainContainer(t *testing.T) {
+	s := generate(t, testInput(t, &berthv1.ContainerSpec{}))
+	got, err := json.Marshal(s.Linux.Resources)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(DefaultResources())
+	if string(got) != string(want) {
+		t.Errorf("a plain container's resources\n%s\nDefaultResources\n%s", got, want)
 	}
 }

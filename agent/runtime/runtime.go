@@ -84,6 +84,11 @@ type Config struct {
 	// WarmShims is how many shims to keep started ahead, each with a
 	// container init preforked, for the next task creates (0: none).
 	WarmShims int
+	// CgroupParent is berthd's cgroup parent: a warm shim makes a group
+	// under it ahead, with oci.DefaultResources, for the container it
+	// will run (cgroup v1 only; see shim/container.WarmCgroup). Empty:
+	// oci.DefaultCgroupParent, as for the containers.
+	CgroupParent string
 }
 
 // Manager runs tasks. Its methods are safe for concurrent use.
@@ -114,11 +119,19 @@ func New(cfg Config) *Manager {
 		warm: make(chan *warmShim, max(cfg.WarmShims, 0)), refillc: make(chan struct{}, 1)}
 }
 
+// cgroupParent is Config.CgroupParent or its default.
+func (m *Manager) cgroupParent() string {
+	if m.cfg.CgroupParent == "" {
+		return oci.DefaultCgroupParent
+	}
+	return m.cfg.CgroupParent
+}
+
 // StartWarm removes warm shims' leftovers from an earlier run and starts
 // keeping Config.WarmShims warm shims (see warm.go). Call it once, after
 // Reconnect; Close stops them.
 func (m *Manager) StartWarm() {
-	if err := removeStaleWarm(m.cfg.State); err != nil {
+	if err := removeStaleWarm(m.cfg.State, m.cgroupParent()); err != nil {
 		m.cfg.Log.Warn("remove stale warm shims", "err", err)
 	}
 	if cap(m.warm) == 0 {

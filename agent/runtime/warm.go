@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,9 +20,11 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/berth-dev/berth/agent/oci"
 	"github.com/berth-dev/berth/errdefs"
 	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	"github.com/berth-dev/berth/shim/bundle"
+	"github.com/berth-dev/berth/shim/container/cgroup"
 )
 
 // adoptTimeout bounds one exchange with a warm shim.
@@ -60,6 +63,13 @@ func (m *Manager) startWarm(ctx context.Context) (*warmShim, error) {
 	ctl := os.NewFile(uintptr(fds[0]), "warm-shim-control") // non-blocking: deadlines work
 	child := os.NewFile(uintptr(fds[1]), "warm-shim-control-child")
 	args := []string{"start", "--warm", "--state", m.cfg.State}
+	if cgroup.CanRename() {
+		res, err := json.Marshal(oci.DefaultResources())
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "--cgroup-parent", m.cgroupParent(), "--cgroup-resources", string(res))
+	}
 	if m.cfg.ShimDebug {
 		args = append(args, "--debug")
 	}
@@ -314,7 +324,9 @@ func (m *Manager) quiet(d time.Duration) bool {
 
 // removeStaleWarm removes what warm shims of an earlier berthd left: they
 // exit by themselves when the agent goes, but a shim killed with -9
-// leaves its directory.
-func removeStaleWarm(state string) error {
-	return os.RemoveAll(bundle.WarmDir(state))
+// leaves its directory, and the empty group it made ahead under
+// cgroupParent. Groups of live warm shims (another berthd's on the same
+// parent) hold their preforked init, and stay.
+func removeStaleWarm(state, cgroupParent string) error {
+	return errors.Join(os.RemoveAll(bundle.WarmDir(state)), cgroup.RemoveEmpty(cgroupParent, cgroup.WarmPrefix))
 }

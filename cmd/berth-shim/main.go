@@ -50,9 +50,11 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/berth-dev/berth/errdefs"
 	"github.com/berth-dev/berth/metadata/identifiers"
 	shimv1 "github.com/berth-dev/berth/proto/berth/shim/v1"
 	"github.com/berth-dev/berth/shim/bundle"
@@ -92,6 +94,8 @@ func main() {
 	debugLog := fs.Bool("debug", false, "debug logging")
 	warm := fs.Bool("warm", false, "start a warm shim, adopted later by berthd (see shim/bundle/warm.go)")
 	warmDir := fs.String("dir", "", "serve --warm: the warm shim's directory")
+	warmCgParent := fs.String("cgroup-parent", "", "--warm: the cgroup parent of the group made ahead (empty: none)")
+	warmCgRes := fs.String("cgroup-resources", "", "--warm: the resources of the group made ahead, as runtime-spec JSON")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		os.Exit(2)
 	}
@@ -101,11 +105,12 @@ func main() {
 			os.Exit(2)
 		}
 		var err error
+		wc := warmCgroupArgs{parent: *warmCgParent, resources: *warmCgRes}
 		switch os.Args[1] {
 		case "start":
-			err = startWarm(*state, *debugLog)
+			err = startWarm(*state, *debugLog, wc)
 		case "serve":
-			err = serveWarm(*state, *warmDir, *debugLog)
+			err = serveWarm(*state, *warmDir, *debugLog, wc)
 		default:
 			err = fmt.Errorf("unknown command %q (start)", os.Args[1])
 		}
@@ -164,7 +169,7 @@ func start(id, ns, bundleDir, state string, debugLog bool) error {
 // startWarm is start for a warm shim: its socket and log go to a fresh
 // directory under bundle.WarmDir, and the control socket (fd 3) is handed
 // on to serve as fd 4.
-func startWarm(state string, debugLog bool) error {
+func startWarm(state string, debugLog bool, wc warmCgroupArgs) error {
 	ctl := os.NewFile(3, "control")
 	if ctl == nil {
 		return errors.New("no control socket on fd 3 (started by berthd?)")
@@ -178,6 +183,9 @@ func startWarm(state string, debugLog bool) error {
 		return err
 	}
 	args := []string{"serve", "--warm", "--state", state, "--dir", dir}
+	if wc.parent != "" {
+		args = append(args, "--cgroup-parent", wc.parent, "--cgroup-resources", wc.resources)
+	}
 	if debugLog {
 		args = append(args, "--debug")
 	}
@@ -433,14 +441,53 @@ func run(log *slog.Logger, l net.Listener, id, ns, bundleDir, state string, pre 
 	return err
 }
 
+// warmCgroupArgs say which group a warm shim makes ahead for its
+// preforked init (container.WarmCgroup): berthd's default cgroup parent
+// and the resources of a container run with no options.
+type warmCgroupArgs struct {
+	parent, resources string
+}
+
+// make makes the group, nil when there is none to make or it fails (the
+// adoption then makes the container's group as a cold start does).
+func (wc warmCgroupArgs) make(log *slog.Logger, dir string, pre *container.Preforked) *container.WarmCgroup {
+	if wc.parent == "" || pre == nil {
+		return nil
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal([]byte(wc.resources), &res); err != nil {
+		log.Warn("warm cgroup: --cgroup-resources", "err", err)
+		return nil
+	}
+	cg, err := container.NewWarmCgroup(wc.parent, filepath.Base(dir), &res, pre)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotImplemented) {
+			log.Debug("no warm cgroup", "err", err) // cgroup v2
+		} else {
+			log.Warn("warm cgroup", "err", err)
+		}
+		return nil
+	}
+	return cg
+}
+
 // serveWarm is a warm shim: it preforks a container init, waits to be
 // adopted over the control socket (fd 4), then serves like any shim.
-func serveWarm(state, dir string, debugLog bool) error {
+func serveWarm(state, dir string, debugLog bool, wc warmCgroupArgs) error {
 	if dir == "" || filepath.Dir(dir) != bundle.WarmDir(state) {
 		return fmt.Errorf("--dir %q is not a directory under %s", dir, bundle.WarmDir(state))
 	}
-	ctl := os.NewFile(4, "control")
 	unix.CloseOnExec(4) // never inherited by the init or exec'd processes
+	// Non-blocking, so os.File reads it through the poller: a read that
+	// waits parks its goroutine. A blocking read would hold the shim's
+	// only P (GOMAXPROCS=1) in the syscall, and the goroutine that waits
+	// for the adoption's commit would stall the cgroup's preparation and
+	// the server until the runtime's monitor took the P back, which after
+	// the warm shim's long idle took milliseconds.
+	if err := unix.SetNonblock(4, true); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	ctl := os.NewFile(4, "control")
 	log, l, err := setupServe(debugLog)
 	if err != nil {
 		return err
@@ -460,9 +507,16 @@ func serveWarm(state, dir string, debugLog bool) error {
 	// Time to spare: do now what the container's Create would do cold.
 	container.WarmUp()
 	container.PreloadSeccomp(filepath.Join(state, "seccomp"))
+	warmCg := wc.make(log, dir, pre)
+	closePre := func() {
+		pre.Close()
+		if err := warmCg.Close(); err != nil {
+			log.Warn("remove the warm cgroup", "err", err)
+		}
+	}
 	req, err := readAdopt(ctl)
 	if err != nil {
-		pre.Close()
+		closePre()
 		abandon()
 		if errors.Is(err, io.EOF) {
 			return nil // berthd went away before using us
@@ -471,7 +525,7 @@ func serveWarm(state, dir string, debugLog bool) error {
 	}
 	if err := adopt(state, dir, req); err != nil {
 		writeAdoptReply(ctl, err)
-		pre.Close()
+		closePre()
 		abandon()
 		return err
 	}
@@ -489,18 +543,22 @@ func serveWarm(state, dir string, debugLog bool) error {
 		l.Close()
 	}()
 	if err := writeAdoptReply(ctl, nil); err != nil {
-		pre.Close()
+		closePre()
 		l.Close()
 		os.Remove(sock)
 		return err
 	}
 	os.RemoveAll(dir)
-	// The bundle's config.json is written: make the cgroup now, while
-	// berthd records this shim and calls Create.
+	// The bundle's config.json is written: make the cgroup now (rename
+	// the warm one), while berthd records this shim and calls Create.
 	var cg *container.PreparedCgroup
 	if pre != nil {
 		cg = container.PrepareCgroup(func() (*container.Spec, error) { return task.LoadSpec(req.Bundle) },
-			req.CgroupParent, req.ID, pre)
+			req.CgroupParent, req.ID, pre, warmCg)
+		// Let it run now, ahead of the server's start: with one P, a
+		// new goroutine otherwise waits behind the server's and the
+		// Create call's, which then waits for it (measured: 3 ms).
+		runtime.Gosched()
 	}
 	return run(log, l, req.ID, req.Namespace, req.Bundle, state, pre, cg)
 }

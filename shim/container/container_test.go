@@ -1116,7 +1116,7 @@ func TestPreparedCgroupBecomesTheContainers(t *testing.T) {
 		}
 		return container.ParseSpec(raw)
 	}
-	f.prefork, f.cgroup = pre, container.PrepareCgroup(load, testCgroupParent, id, pre)
+	f.prefork, f.cgroup = pre, container.PrepareCgroup(load, testCgroupParent, id, pre, nil)
 	if got := f.cgroup.Spec(); got == nil || got.Terminal() != spec.Process.Terminal {
 		t.Fatalf("the prepared cgroup's spec: %v, want the one it was made from", got)
 	}
@@ -1137,7 +1137,7 @@ func TestPreparedCgroupBecomesTheContainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.cgroup = container.PrepareCgroup(load, other, id+"-2", g.prefork)
+	g.cgroup = container.PrepareCgroup(load, other, id+"-2", g.prefork, nil)
 	spec2 := g.spec("true")
 	c2 := g.mustStart(spec2)
 	g.wait(20 * time.Second)
@@ -1149,6 +1149,85 @@ func TestPreparedCgroupBecomesTheContainers(t *testing.T) {
 	}
 	if cg, err := cgroup.Load(other); err == nil {
 		cg.Delete()
+	}
+}
+
+// A warm shim's group, made before its adoption with the prefork in it,
+// becomes the container's by a rename: the same group (a setting written
+// to it beforehand is still there), at the container's path, with the
+// spec's limits when they differ from those it was made with. One under
+// another parent than the container's is removed once the init has left.
+func TestWarmCgroupBecomesTheContainers(t *testing.T) {
+	if !cgroup.CanRename() {
+		t.Skip("cgroup v2 host: warm groups are not made (no rename); TestPreparedCgroupBecomesTheContainers covers its path")
+	}
+	limit, warmLimit := int64(64<<20), int64(48<<20)
+	for _, tc := range []struct {
+		name        string
+		warmParent  string
+		warmLimit   int64
+		wantRenamed bool
+	}{
+		{"same resources", testCgroupParent, limit, true},
+		{"other resources", testCgroupParent, warmLimit, true},
+		{"other parent", testCgroupParent + "-warm", limit, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			id := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name())) // as f.create names it
+			pre, err := container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+			if err != nil {
+				t.Fatal(err)
+			}
+			warm, err := container.NewWarmCgroup(tc.warmParent, id, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &tc.warmLimit}}, pre)
+			if err != nil {
+				pre.Close()
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if cg, err := cgroup.Load(tc.warmParent + "/" + container.WarmCgroupPrefix + id); err == nil {
+					cg.Delete()
+				}
+				if cg, err := cgroup.Load(tc.warmParent); err == nil && tc.warmParent != testCgroupParent {
+					cg.Delete()
+				}
+			})
+			warmDir := filepath.Join("/sys/fs/cgroup/memory", tc.warmParent, container.WarmCgroupPrefix+id)
+			// A setting not among the resources: only the same group has it.
+			if err := os.WriteFile(filepath.Join(warmDir, "memory.soft_limit_in_bytes"), []byte("33554432"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			spec := f.spec("sh", "-c", "cat /proc/self/cgroup")
+			spec.Linux.Resources = &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}
+			load := func() (*container.Spec, error) {
+				raw, err := json.Marshal(spec)
+				if err != nil {
+					return nil, err
+				}
+				return container.ParseSpec(raw)
+			}
+			f.prefork, f.cgroup = pre, container.PrepareCgroup(load, testCgroupParent, id, pre, warm)
+			c := f.mustStart(spec)
+			f.wait(20 * time.Second)
+			if want := testCgroupParent + "/" + id; c.CgroupPath() != want {
+				t.Errorf("container's cgroup %s, want %s", c.CgroupPath(), want)
+			}
+			if out := f.output(); !strings.Contains(out, "memory:"+c.CgroupPath()) {
+				t.Errorf("init not in the container's cgroup %s:\n%s", c.CgroupPath(), out)
+			}
+			dir := filepath.Join("/sys/fs/cgroup/memory", c.CgroupPath())
+			got, err := os.ReadFile(filepath.Join(dir, "memory.limit_in_bytes"))
+			if err != nil || strings.TrimSpace(string(got)) != strconv.FormatInt(limit, 10) {
+				t.Errorf("memory limit %q (%v), want the spec's %d", got, err, limit)
+			}
+			soft, _ := os.ReadFile(filepath.Join(dir, "memory.soft_limit_in_bytes"))
+			if renamed := strings.TrimSpace(string(soft)) == "33554432"; renamed != tc.wantRenamed {
+				t.Errorf("container's group is the warm one renamed: %v, want %v", renamed, tc.wantRenamed)
+			}
+			if _, err := os.Stat(warmDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("warm group %s still there (%v)", warmDir, err)
+			}
+		})
 	}
 }
 

@@ -12,11 +12,14 @@ package cgroup
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/errdefs"
 )
@@ -55,6 +58,11 @@ type Manager interface {
 	// Delete removes the group. It fails with ErrFailedPrecondition while
 	// processes remain.
 	Delete() error
+	// Rename moves the group, with its processes and settings, to newPath
+	// under the same parent. Only cgroup v1 can: the kernel refuses to
+	// rename on the unified hierarchy, so v2 returns ErrNotImplemented
+	// and the caller makes a new group instead.
+	Rename(newPath string) error
 }
 
 // Stats is a version-independent view of a group's counters.
@@ -158,3 +166,59 @@ func Load(path string) (Manager, error) {
 }
 
 var errNotEmpty = errors.New("cgroup still has processes")
+
+// WarmPrefix starts the name of a group a warm shim makes ahead of its
+// container (shim/container.WarmCgroup). No container ID starts with a
+// dot, so it never meets a container's group; berthd's start removes the
+// empty ones a killed warm shim left (RemoveEmpty).
+const WarmPrefix = ".warm-"
+
+// CanRename reports whether this host's groups can be renamed (v1).
+func CanRename() bool { return HostMode() == V1 }
+
+// RemoveEmpty removes parent's child groups whose names start with
+// prefix and that hold no process, in every hierarchy; groups in use
+// stay. It is for leftovers: groups made ahead of time by a process that
+// was killed before it could remove them.
+func RemoveEmpty(parent, prefix string) error {
+	if parent == "" {
+		parent = DefaultParent
+	}
+	if prefix == "" || strings.Contains(prefix, "/") {
+		return fmt.Errorf("remove empty cgroups: prefix %q: %w", prefix, errdefs.ErrInvalidArgument)
+	}
+	var dirs []string
+	switch HostMode() {
+	case V1:
+		roots, err := v1Dirs(path.Clean("/" + parent))
+		if err != nil {
+			return err
+		}
+		dirs = roots
+	case V2:
+		dirs = []string{filepath.Join(v2Root, path.Clean("/"+parent))}
+	default:
+		return nil
+	}
+	var errs []error
+	for _, dir := range dirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			if !os.IsNotExist(err) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		for _, e := range ents {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
+				continue
+			}
+			// rmdir fails (EBUSY) on a group with processes or children:
+			// exactly the ones to keep.
+			if err := unix.Rmdir(filepath.Join(dir, e.Name())); err != nil && err != unix.EBUSY && err != unix.ENOENT {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", filepath.Join(dir, e.Name()), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -2,12 +2,15 @@ package cgroup
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -24,12 +27,67 @@ type v1 struct {
 	cg   cgroup1.Cgroup
 }
 
+// v1Hierarchies is the host's list of v1 hierarchies, read once from
+// mountinfo: cgroups/v3 would parse mountinfo again on every New and
+// Load (twice per container create), and the host's cgroup mounts do not
+// change under a running shim.
+var v1Hierarchies = struct {
+	sync.Mutex
+	subs []cgroup1.Subsystem
+}{}
+
+func v1Hierarchy() ([]cgroup1.Subsystem, error) {
+	v1Hierarchies.Lock()
+	defer v1Hierarchies.Unlock()
+	if v1Hierarchies.subs == nil {
+		subs, err := cgroup1.Default()
+		if err != nil {
+			return nil, err // not kept: the next call tries again
+		}
+		v1Hierarchies.subs = subs
+	}
+	return v1Hierarchies.subs, nil
+}
+
+// v1Pather is the part of a cgroups/v3 subsystem that places a group in
+// its hierarchy.
+type v1Pather interface{ Path(path string) string }
+
+// v1Dirs lists the directory of the group at path in every hierarchy,
+// each once: co-mounted controllers (cpu,cpuacct) share one, reached
+// through symlinks.
+func v1Dirs(path string) ([]string, error) {
+	subs, err := v1Hierarchy()
+	if err != nil {
+		return nil, fmt.Errorf("cgroup v1 hierarchies: %w", err)
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	for _, s := range subs {
+		p, ok := s.(v1Pather)
+		if !ok {
+			continue
+		}
+		// The hierarchy's root, resolved: the group itself may not exist.
+		root, err := filepath.EvalSymlinks(p.Path("/"))
+		if err != nil {
+			continue
+		}
+		dir := filepath.Join(root, path)
+		if !seen[dir] {
+			seen[dir] = true
+			dirs = append(dirs, dir)
+		}
+	}
+	return dirs, nil
+}
+
 func newV1(path string, r *specs.LinuxResources) (Manager, error) {
 	if r == nil {
 		r = &specs.LinuxResources{}
 	}
 	r = dropUnsupportedV1(r)
-	cg, err := cgroup1.New(cgroup1.StaticPath(path), r)
+	cg, err := cgroup1.New(cgroup1.StaticPath(path), r, cgroup1.WithHierarchy(v1Hierarchy))
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup v1 %s: %w", path, err)
 	}
@@ -37,7 +95,7 @@ func newV1(path string, r *specs.LinuxResources) (Manager, error) {
 }
 
 func loadV1(path string) (Manager, error) {
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path), cgroup1.WithHierarchy(v1Hierarchy))
 	if err != nil {
 		if os.IsNotExist(err) || err == cgroup1.ErrCgroupDeleted {
 			return nil, fmt.Errorf("cgroup v1 %s: %w", path, errdefs.ErrNotFound)
@@ -178,6 +236,41 @@ func (c *v1) OOMEventFD() (int, error) {
 		return -1, fmt.Errorf("oom eventfd of cgroup %s: %w", c.path, err)
 	}
 	return int(fd), nil
+}
+
+func (c *v1) Rename(newPath string) error {
+	if path.Dir(newPath) != path.Dir(c.path) || path.Base(newPath) == path.Base(c.path) {
+		return fmt.Errorf("rename cgroup %s to %s: a new name under the same parent is needed: %w", c.path, newPath, errdefs.ErrInvalidArgument)
+	}
+	dirs, err := v1Dirs(c.path)
+	if err != nil {
+		return fmt.Errorf("rename cgroup %s: %w", c.path, err)
+	}
+	name := path.Base(newPath)
+	var moved []string
+	for _, dir := range dirs {
+		if _, err := os.Lstat(dir); os.IsNotExist(err) {
+			continue // a hierarchy the group is not in (Load skips those too)
+		}
+		// The kernel refuses (EEXIST) a name already taken: no group is
+		// ever replaced.
+		if err := os.Rename(dir, filepath.Join(filepath.Dir(dir), name)); err != nil {
+			for _, d := range moved {
+				_ = os.Rename(filepath.Join(filepath.Dir(d), name), d)
+			}
+			if errors.Is(err, os.ErrExist) {
+				err = fmt.Errorf("%w: %w", err, errdefs.ErrAlreadyExists)
+			}
+			return fmt.Errorf("rename cgroup %s to %s: %w", c.path, newPath, err)
+		}
+		moved = append(moved, dir)
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(newPath), cgroup1.WithHierarchy(v1Hierarchy))
+	if err != nil {
+		return fmt.Errorf("rename cgroup %s to %s: %w", c.path, newPath, err)
+	}
+	c.path, c.cg = newPath, cg
+	return nil
 }
 
 func (c *v1) Delete() error {

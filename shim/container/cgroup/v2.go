@@ -210,6 +210,10 @@ func loadV2At(root, path string) (Manager, error) {
 	return &v2{root: root, path: path, m: m}, nil
 }
 
+func (c *v2) Rename(newPath string) error {
+	return fmt.Errorf("rename cgroup %s to %s: the unified hierarchy (cgroup v2) cannot rename groups: %w", c.path, newPath, errdefs.ErrNotImplemented)
+}
+
 func (c *v2) dir() string { return filepath.Join(c.root, c.path) }
 
 func (c *v2) write(files []v2File) error {
