@@ -506,6 +506,9 @@ func serveWarm(state, dir string, debugLog bool, wc warmCgroupArgs) error {
 	}
 	// Time to spare: do now what the container's Create would do cold.
 	container.WarmUp()
+	// The local time zone is read from /etc/localtime on first use: the
+	// container's exit record, or a log line, would pay it at its exit.
+	time.Now().Zone()
 	container.PreloadSeccomp(filepath.Join(state, "seccomp"))
 	warmCg := wc.make(log, dir, pre)
 	closePre := func() {

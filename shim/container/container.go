@@ -519,7 +519,7 @@ func forkInit(flags uintptr, id string, stdio Stdio, terminal bool, env ...strin
 	pidfd = -1
 	pid, err = syscall.ForkExec("/proc/self/exe", argv, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   append([]string{initEnv + "=" + initEnvCreate, initGoMaxProcs}, env...),
+		Env:   append([]string{initEnv + "=" + initEnvCreate, initGoMaxProcs, initGoDebug}, env...),
 		Files: files,
 		Sys: &syscall.SysProcAttr{
 			Cloneflags: flags,

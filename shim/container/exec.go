@@ -93,7 +93,7 @@ func (c *Container) ExecJSON(ctx context.Context, process []byte, terminal bool,
 	helper, err := syscall.ForkExec("/proc/self/exe", []string{"berth-exec", c.id}, &syscall.ProcAttr{
 		Dir: "/",
 		Env: []string{
-			initEnv + "=" + initEnvExec, initGoMaxProcs,
+			initEnv + "=" + initEnvExec, initGoMaxProcs, initGoDebug,
 			nsenter.EnvFlags + "=" + strconv.FormatUint(uint64(flags), 10),
 		},
 		Files: files,

@@ -39,6 +39,12 @@ const (
 // must stop every other thread first.
 const initGoMaxProcs = "GOMAXPROCS=1"
 
+// initGoDebug is in their environment too: no sampling of allocations for
+// a memory profile nobody reads (the runtime records a stack trace every
+// 512 KiB allocated by default, a few percent of the init's work). The
+// container's process gets the spec's environment, not this one.
+const initGoDebug = "GODEBUG=memprofilerate=0"
+
 // preforkEnv marks a preforked init (see Preforked), which warms up while
 // it waits.
 const preforkEnv = "_BERTH_PREFORK"
