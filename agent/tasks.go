@@ -113,7 +113,7 @@ func (s *tasksService) CreateTask(ctx context.Context, req *berthv1.CreateTaskRe
 	if err != nil {
 		return nil, err
 	}
-	created, err := s.createTask(ctx, c)
+	created, err := s.createTask(ctx, c, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -145,8 +145,9 @@ func (ct *createdTask) record(ctx context.Context, a *Agent, id string, inLine c
 }
 
 // createTask creates c's task (shim, init waiting for Start, network) and
-// returns what the caller must record.
-func (s *tasksService) createTask(ctx context.Context, c *berthv1.Container) (*createdTask, error) {
+// returns what the caller must record. onShim, if set, is
+// runtime.CreateOpts.OnShim.
+func (s *tasksService) createTask(ctx context.Context, c *berthv1.Container, onShim func(*runtime.Task)) (*createdTask, error) {
 	ns := namespaces.FromContext(ctx)
 	defer s.a.taskLocks.lock(ns, c.Id)()
 	if old, err := s.a.runtime.Get(ns, c.Id); err == nil {
@@ -213,6 +214,7 @@ func (s *tasksService) createTask(ctx context.Context, c *berthv1.Container) (*c
 		Terminal: c.GetSpec().GetTty(), Stdin: c.GetSpec().GetOpenStdin(),
 		Log:          &shimv1.LogOptions{Path: logPath, MaxSizeBytes: maxSize, MaxFiles: int32(maxFiles)},
 		CgroupParent: s.a.cfg.CgroupParent,
+		OnShim:       onShim,
 		BeforeInit:   s.a.joinNetwork(ctx, c.Id, pending),
 	})
 	if err != nil {
@@ -552,9 +554,12 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
 	}
 	var (
-		c *berthv1.Container
-		t *runtime.Task
+		c  *berthv1.Container
+		t  *runtime.Task
+		up shimv1.ShimService_AttachClient
 	)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if open.GetCreateTask() {
 		if open.GetExecId() != "" {
 			return fmt.Errorf("attach: create_task with exec_id %q: a task is the container's, not an exec's: %w", open.GetExecId(), errdefs.ErrInvalidArgument)
@@ -562,7 +567,27 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		if c, err = s.container(ctx, open.GetContainerId()); err != nil {
 			return err
 		}
-		ct, err := s.createTask(ctx, c)
+		// The shim's attach is opened as soon as the shim is up, while
+		// the init sets up (wait_create): it is subscribed by the time
+		// the Create call returns, a connection and two round trips
+		// sooner than after it.
+		var early chan shimAttach
+		ct, err := s.createTask(ctx, c, func(t *runtime.Task) {
+			early = make(chan shimAttach, 1)
+			go func() {
+				up, err := openShimAttach(sctx, t, c.Id, open, true)
+				early <- shimAttach{up, err}
+			}()
+		})
+		if early != nil {
+			// Owned here: ended by the Create's end, or by cancel.
+			defer func() {
+				if early != nil {
+					cancel()
+					<-early
+				}
+			}()
+		}
 		if err != nil {
 			return err
 		}
@@ -580,28 +605,23 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		if t, err = s.a.runtime.Get(namespaces.FromContext(ctx), c.Id); err != nil {
 			return err
 		}
+		if early != nil {
+			r := <-early
+			early = nil
+			if up, err = r.up, r.err; err != nil {
+				return err
+			}
+		}
 	} else if c, t, err = s.task(ctx, open.GetContainerId()); err != nil {
 		return err
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	up, err := t.Attach(sctx)
-	if err != nil {
-		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
+	if up == nil {
+		if up, err = openShimAttach(sctx, t, c.Id, open, false); err != nil {
+			return err
+		}
 	}
-	if err := up.Send(&shimv1.AttachRequest{Input: &shimv1.AttachRequest_Open{Open: &shimv1.AttachOpen{
-		Id: c.Id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr(),
-		Logs: open.GetLogs()}}}); err != nil {
-		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
-	}
-	// Once the shim has subscribed this stream (its first message says
-	// so), the client is told, by our headers, that it may start the
-	// process.
-	if msg, err := up.Recv(); err != nil {
-		return runtime.FromShim(err, "attach to "+describe(c.Id, open.GetExecId()))
-	} else if !msg.GetSubscribed() {
-		return fmt.Errorf("attach to %s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", describe(c.Id, open.GetExecId()), errdefs.ErrFailedPrecondition)
-	}
+	// The shim has subscribed this stream: the client is told, by our
+	// headers, that it may start the process.
 	var header metadata.MD
 	if open.GetStart() {
 		// Attached: start it now, a round trip sooner than the client
@@ -671,6 +691,37 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 			return nil
 		}
 	}
+}
+
+// shimAttach is an attach stream to a shim, subscribed, or why not.
+type shimAttach struct {
+	up  shimv1.ShimService_AttachClient
+	err error
+}
+
+// openShimAttach opens an attach stream to t's shim for open and returns
+// it once the shim has subscribed it (its first message says so): output
+// from then on reaches it. waitCreate: the task's Create call is under
+// way, and the shim waits for its end (see AttachOpen.wait_create).
+func openShimAttach(ctx context.Context, t *runtime.Task, id string, open *berthv1.AttachOpen, waitCreate bool) (shimv1.ShimService_AttachClient, error) {
+	what := "attach to " + describe(id, open.GetExecId())
+	up, err := t.Attach(ctx)
+	if err != nil {
+		return nil, runtime.FromShim(err, what)
+	}
+	if err := up.Send(&shimv1.AttachRequest{Input: &shimv1.AttachRequest_Open{Open: &shimv1.AttachOpen{
+		Id: id, ExecId: open.GetExecId(), Stdin: open.GetStdin(), Stdout: open.GetStdout(), Stderr: open.GetStderr(),
+		Logs: open.GetLogs(), WaitCreate: waitCreate}}}); err != nil {
+		return nil, runtime.FromShim(err, what)
+	}
+	msg, err := up.Recv()
+	if err != nil {
+		return nil, runtime.FromShim(err, what)
+	}
+	if !msg.GetSubscribed() {
+		return nil, fmt.Errorf("%s: the shim's first message is not \"subscribed\" (a berth-shim of another release?): %w", what, errdefs.ErrFailedPrecondition)
+	}
+	return up, nil
 }
 
 func (s *tasksService) PauseTask(ctx context.Context, req *berthv1.PauseTaskRequest) (*berthv1.PauseTaskResponse, error) {

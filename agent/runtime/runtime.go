@@ -178,6 +178,11 @@ type CreateOpts struct {
 	Log *shimv1.LogOptions
 	// CgroupParent is where the container's cgroup goes.
 	CgroupParent string
+	// OnShim, if set, is called with the task once its shim is up and
+	// reachable, before the Create call: what runs alongside the init's
+	// set-up (an attach opened with wait_create) starts there. The task
+	// is not registered yet, and is closed if the create fails.
+	OnShim func(*Task)
 	// BeforeInit, if set, runs once the shim is up and before it creates
 	// the init, so work the init needs (the network's CNI ADD) can go on
 	// while the shim starts. An error aborts Create, leaving nothing.
@@ -291,6 +296,9 @@ func (m *Manager) Create(ctx context.Context, o CreateOpts) (_ *Task, retErr err
 	defer func() {
 		m.cfg.Log.Debug("task created", "container", o.ID, "warm", warm, "mount", tMount.Sub(tBegin), "spec", tSpec.Sub(tMount), "shim_start", tShim.Sub(tSpec), "dial", tDial.Sub(tShim), "create", time.Since(tDial))
 	}()
+	if o.OnShim != nil {
+		o.OnShim(t)
+	}
 	if o.BeforeInit != nil {
 		if err := o.BeforeInit(); err != nil {
 			return nil, err

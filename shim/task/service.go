@@ -169,6 +169,11 @@ type Service struct {
 	// memory policy then, and frees nothing while its collector is off).
 	Trim func()
 
+	// createEnded is closed when the first Create call ends, however it
+	// ends: an attach opened with wait_create waits for it.
+	createEnded chan struct{}
+	endCreate   func()
+
 	// Loop-owned state.
 	c          *container.Container
 	procs      map[string]*proc
@@ -190,7 +195,9 @@ func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Serv
 		id: id, ns: ns, bundleDir: bundleDir, log: log,
 		ops: make(chan func()), exits: exits, w: w, ctx: ctx, stop: stop,
 		Done: make(chan struct{}), procs: map[string]*proc{}, eventsWake: make(chan struct{}),
+		createEnded: make(chan struct{}),
 	}
+	s.endCreate = sync.OnceFunc(func() { close(s.createEnded) })
 	go s.loop()
 	return s, nil
 }
@@ -404,6 +411,7 @@ func (s *Service) Connect(ctx context.Context, req *shimv1.ConnectRequest) (*shi
 // Create implements ShimService: it makes the container's init, waiting
 // for Start, with its stdio wired to the log file and attach.
 func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shimv1.CreateResponse, retErr error) {
+	defer s.endCreate()
 	if err := s.checkID(req.GetId()); err != nil {
 		return nil, err
 	}
@@ -1154,6 +1162,15 @@ func (s *Service) Attach(ctx context.Context, stream shimv1.ShimService_AttachSe
 	}
 	if err := s.checkID(open.GetId()); err != nil {
 		return err
+	}
+	if open.GetWaitCreate() && open.GetExecId() == "" {
+		// berthd opened this alongside its Create call: the task is there
+		// once that call has ended (and not if it failed).
+		select {
+		case <-s.createEnded:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	p, err := s.getProc(open.GetExecId())
 	if err != nil {

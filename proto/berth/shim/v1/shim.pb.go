@@ -2113,7 +2113,12 @@ type AttachOpen struct {
 	Stderr bool                   `protobuf:"varint,5,opt,name=stderr,proto3" json:"stderr,omitempty"`
 	// logs replays the init's log file before the live output, with no gap
 	// and no repeat between the two.
-	Logs          bool `protobuf:"varint,6,opt,name=logs,proto3" json:"logs,omitempty"`
+	Logs bool `protobuf:"varint,6,opt,name=logs,proto3" json:"logs,omitempty"`
+	// wait_create: the container's task is being created (berthd opens the
+	// attach alongside the Create call, which may even reach the shim
+	// later): wait until that Create has ended, then attach to its task,
+	// or fail if it made none.
+	WaitCreate    bool `protobuf:"varint,7,opt,name=wait_create,json=waitCreate,proto3" json:"wait_create,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2186,6 +2191,13 @@ func (x *AttachOpen) GetStderr() bool {
 func (x *AttachOpen) GetLogs() bool {
 	if x != nil {
 		return x.Logs
+	}
+	return false
+}
+
+func (x *AttachOpen) GetWaitCreate() bool {
+	if x != nil {
+		return x.WaitCreate
 	}
 	return false
 }
@@ -2725,7 +2737,7 @@ const file_berth_shim_v1_shim_proto_rawDesc = "" +
 	"\x06resize\x18\x03 \x01(\v2\x1f.berth.shim.v1.ResizePtyRequestH\x00R\x06resize\x12!\n" +
 	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
 	"closeStdinB\a\n" +
-	"\x05input\"\x8f\x01\n" +
+	"\x05input\"\xb0\x01\n" +
 	"\n" +
 	"AttachOpen\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
@@ -2733,7 +2745,9 @@ const file_berth_shim_v1_shim_proto_rawDesc = "" +
 	"\x05stdin\x18\x03 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x04 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x05 \x01(\bR\x06stderr\x12\x12\n" +
-	"\x04logs\x18\x06 \x01(\bR\x04logs\"\xa2\x01\n" +
+	"\x04logs\x18\x06 \x01(\bR\x04logs\x12\x1f\n" +
+	"\vwait_create\x18\a \x01(\bR\n" +
+	"waitCreate\"\xa2\x01\n" +
 	"\x0eAttachResponse\x121\n" +
 	"\x04data\x18\x01 \x01(\v2\x1b.berth.shim.v1.AttachOutputH\x00R\x04data\x121\n" +
 	"\x04exit\x18\x02 \x01(\v2\x1b.berth.shim.v1.WaitResponseH\x00R\x04exit\x12 \n" +
