@@ -182,6 +182,9 @@ type Service struct {
 	eventsWake chan struct{} // closed and replaced on each new event
 	deleted    bool
 	oomSeen    bool // a /tasks/oom event has been queued
+	// oomWatched is closed once the init's OOM notifications are set up
+	// (after Create's reply); the init's Start waits for it.
+	oomWatched chan struct{}
 	shutOnce   sync.Once
 }
 
@@ -512,11 +515,20 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 		return nil, status.Errorf(codes.Internal, "watch the init of %s: %v", s.id, err)
 	}
 	p.mntNS = holdNS(c.Pid(), "mnt")
+	// The OOM notifications are set up after the reply, while berthd
+	// records the task and asks for its start (a millisecond of cgroup
+	// files off the start's path): the init's Start waits for them, and
+	// nothing can run out of memory before it.
+	oomWatched := make(chan struct{})
 	s.do(func() {
 		s.c = c
 		s.procs[""] = p
+		s.oomWatched = oomWatched
 	})
-	s.watchOOM(c)
+	go func() {
+		defer close(oomWatched)
+		s.watchOOM(c)
+	}()
 	// Creating is the shim's busiest moment and the heap it grew is
 	// garbage now: hand it back, as the shim then idles for the
 	// container's lifetime.
@@ -619,11 +631,12 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 	var c *container.Container
 	var st shimv1.Status
 	var started chan struct{} // the init's: see handleExit
+	var oomWatched chan struct{}
 	if req.GetExecId() == "" {
 		started = make(chan struct{})
 	}
 	s.do(func() {
-		c, st = s.c, p.status
+		c, st, oomWatched = s.c, p.status, s.oomWatched
 		if st == shimv1.Status_STATUS_CREATED && started != nil && p.starting == nil {
 			p.starting = started
 		}
@@ -632,6 +645,9 @@ func (s *Service) Start(ctx context.Context, req *shimv1.StartRequest) (*shimv1.
 		return nil, status.Errorf(codes.FailedPrecondition, "process %q of %s is %s, not created", req.GetExecId(), s.id, st)
 	}
 	if req.GetExecId() == "" {
+		if oomWatched != nil {
+			<-oomWatched
+		}
 		// The init's exit, however soon it comes, is recorded after this
 		// start (its event or its failure code): see handleExit.
 		defer close(started)
