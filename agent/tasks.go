@@ -543,7 +543,7 @@ func (s *tasksService) CloseStdin(ctx context.Context, req *berthv1.CloseStdinRe
 // Attach relays between the client and the shim's Attach stream. The
 // input goroutine is owned by this call: it ends when the client's
 // stream ends or when the shim stream is closed by our return.
-func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
+func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) (retErr error) {
 	ctx := stream.Context()
 	first, err := stream.Recv()
 	if err != nil {
@@ -554,18 +554,40 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		return fmt.Errorf("the first attach message must be open: %w", errdefs.ErrInvalidArgument)
 	}
 	var (
-		c  *berthv1.Container
-		t  *runtime.Task
-		up shimv1.ShimService_AttachClient
+		c          *berthv1.Container
+		t          *runtime.Task
+		up         shimv1.ShimService_AttachClient
+		header     = metadata.MD{}
+		headerSent bool
 	)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if open.GetCreateTask() {
+	createTask := open.GetCreateTask()
+	if cr := open.GetCreateContainer(); cr != nil {
+		if open.GetContainerId() != "" || open.GetExecId() != "" {
+			return fmt.Errorf("attach: create_container with container_id %q and exec_id %q: leave both empty, the container is the one it creates: %w", open.GetContainerId(), open.GetExecId(), errdefs.ErrInvalidArgument)
+		}
+		resp, err := (&containersService{a: s.a}).CreateContainer(ctx, cr)
+		if err != nil {
+			return err
+		}
+		c, createTask = resp.GetContainer(), true
+		header.Set(api.ContainerIDHeader, c.Id)
+		defer func() {
+			// Until the headers are out, a failure is the run's.
+			if retErr != nil && !headerSent {
+				s.cleanupFailedRun(context.WithoutCancel(ctx), c)
+			}
+		}()
+	}
+	if createTask {
 		if open.GetExecId() != "" {
 			return fmt.Errorf("attach: create_task with exec_id %q: a task is the container's, not an exec's: %w", open.GetExecId(), errdefs.ErrInvalidArgument)
 		}
-		if c, err = s.container(ctx, open.GetContainerId()); err != nil {
-			return err
+		if c == nil {
+			if c, err = s.container(ctx, open.GetContainerId()); err != nil {
+				return err
+			}
 		}
 		// The shim's attach is opened as soon as the shim is up, while
 		// the init sets up (wait_create): it is subscribed by the time
@@ -622,18 +644,18 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 	}
 	// The shim has subscribed this stream: the client is told, by our
 	// headers, that it may start the process.
-	var header metadata.MD
 	if open.GetStart() {
 		// Attached: start it now, a round trip sooner than the client
 		// could, and say so.
 		if _, err := s.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: c.Id, ExecId: open.GetExecId()}); err != nil {
 			return err
 		}
-		header = metadata.Pairs(api.StartedHeader, "true")
+		header.Set(api.StartedHeader, "true")
 	}
 	if err := stream.SendHeader(header); err != nil {
 		return err
 	}
+	headerSent = true
 	go func() {
 		for {
 			in, err := stream.Recv()
@@ -689,6 +711,24 @@ func (s *tasksService) Attach(stream berthv1.TasksService_AttachServer) error {
 		}
 		if _, ok := msg.GetOutput().(*shimv1.AttachResponse_Exit); ok {
 			return nil
+		}
+	}
+}
+
+// cleanupFailedRun removes what an attach with create_container leaves
+// when the task could not be created or started, as `docker run` does:
+// the failed task, and the container too when it was to be removed
+// anyway (auto_remove); otherwise the container stays, created, with the
+// error in its status, for the user to inspect.
+func (s *tasksService) cleanupFailedRun(ctx context.Context, c *berthv1.Container) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := s.DeleteTask(ctx, &berthv1.DeleteTaskRequest{ContainerId: c.Id, Force: true}); err != nil && !errdefs.IsNotFound(err) {
+		s.a.log.Warn("delete the task of a run that failed", "container", c.Id, "err", err)
+	}
+	if c.GetSpec().GetAutoRemove() {
+		if _, err := (&containersService{a: s.a}).DeleteContainer(ctx, &berthv1.DeleteContainerRequest{Id: c.Id, Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			s.a.log.Warn("remove a container whose run failed", "container", c.Id, "err", err)
 		}
 	}
 }

@@ -7,3 +7,8 @@ package api
 // says it started the process, as berth.v1.AttachOpen.start asked. A
 // client that asked and does not see it calls StartTask itself.
 const StartedHeader = "berth-started"
+
+// ContainerIDHeader is the Attach response header that carries the ID of
+// the container berthd created, as berth.v1.AttachOpen.create_container
+// asked.
+const ContainerIDHeader = "berth-container-id"

@@ -37,6 +37,10 @@ type attachOptions struct {
 	// createTask has the agent create the task first (run): a failure to
 	// create is reported as a start's.
 	createTask bool
+	// create has the agent create the container first, and its task
+	// (run, attached): containerID is then learnt from the agent, and a
+	// failure to create the container is reported as a start's too.
+	create *berthv1.CreateContainerRequest
 }
 
 // startError is a failure to start the process attach was to start: the
@@ -57,7 +61,7 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 		return 0, err
 	}
 	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout,
-		Start: o.start, CreateTask: o.createTask}
+		Start: o.start, CreateTask: o.createTask, CreateContainer: o.create}
 	if err := stream.Send(&berthv1.AttachRequest{Input: &berthv1.AttachRequest_Open{Open: open}}); err != nil {
 		return 0, err
 	}
@@ -70,11 +74,15 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 		// error here): RecvMsg has its status.
 		err = stream.RecvMsg(new(berthv1.AttachResponse))
 		if err == nil || err == io.EOF {
-			err = fmt.Errorf("attach to %s: the agent ended the stream without a word", o.containerID)
+			what := o.containerID
+			if o.create != nil {
+				what = "the new container"
+			}
+			err = fmt.Errorf("attach to %s: the agent ended the stream without a word", what)
 		}
 	}
 	if err != nil {
-		if o.start || o.createTask {
+		if o.start || o.createTask || o.create != nil {
 			// The stream's status is what stopped it: the create's or
 			// the start's error, or the attach's.
 			if serr := stream.RecvMsg(new(berthv1.AttachResponse)); serr != nil && serr != io.EOF {
@@ -83,6 +91,9 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 			return 0, &startError{err}
 		}
 		return 0, err
+	}
+	if ids := header.Get(api.ContainerIDHeader); o.create != nil && len(ids) > 0 {
+		o.containerID = ids[0]
 	}
 	startByUs := o.start && len(header.Get(api.StartedHeader)) == 0
 	var sendMu sync.Mutex

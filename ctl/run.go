@@ -67,9 +67,9 @@ func newCreateCommand(c *CLI) *cobra.Command {
 	return cmd
 }
 
-// createContainer creates the container, pulling its image first when the
-// pull policy asks for it, as Docker's `create` and `run` do.
-func (c *CLI) createContainer(ctx context.Context, cl *Client, cmd *cobra.Command, f *createFlags, image string, args []string) (*berthv1.Container, error) {
+// createRequest makes the request that creates the container, pulling
+// its image first when the pull policy says always.
+func (c *CLI) createRequest(ctx context.Context, cl *Client, cmd *cobra.Command, f *createFlags, image string, args []string) (*berthv1.CreateContainerRequest, error) {
 	spec, labels, err := f.spec(cmd.Flags(), image, args)
 	if err != nil {
 		return nil, err
@@ -79,16 +79,31 @@ func (c *CLI) createContainer(ctx context.Context, cl *Client, cmd *cobra.Comman
 	default:
 		return nil, usageError{fmt.Errorf("invalid --pull %q: use always, missing or never", f.pull)}
 	}
-	req := &berthv1.CreateContainerRequest{Name: f.name, Spec: spec, Labels: labels}
 	if f.pull == "always" {
 		if err := c.pullImage(ctx, cl, image, spec.Platform, false); err != nil {
 			return nil, err
 		}
 	}
+	return &berthv1.CreateContainerRequest{Name: f.name, Spec: spec, Labels: labels}, nil
+}
+
+// imageMissing says whether err is the agent's "no such image" for a
+// create, which the pull policy "missing" answers with a pull.
+func imageMissing(err error) bool {
+	return status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), "image")
+}
+
+// createContainer creates the container, pulling its image first when the
+// pull policy asks for it, as Docker's `create` and `run` do.
+func (c *CLI) createContainer(ctx context.Context, cl *Client, cmd *cobra.Command, f *createFlags, image string, args []string) (*berthv1.Container, error) {
+	req, err := c.createRequest(ctx, cl, cmd, f, image, args)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := cl.Containers.CreateContainer(ctx, req)
-	if err != nil && f.pull == "missing" && status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), "image") {
+	if err != nil && f.pull == "missing" && imageMissing(err) {
 		fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
-		if perr := c.pullImage(ctx, cl, image, spec.Platform, false); perr != nil {
+		if perr := c.pullImage(ctx, cl, image, req.Spec.Platform, false); perr != nil {
 			return nil, perr
 		}
 		resp, err = cl.Containers.CreateContainer(ctx, req)
@@ -117,53 +132,69 @@ func newRunCommand(c *CLI) *cobra.Command {
 			if f.tty && !detach && f.interactive && !term.IsTerminal(int(os.Stdin.Fd())) {
 				return runError{exitRunFailed, errors.New("the input device is not a TTY")}
 			}
+			if !detach {
+				return c.runAttached(ctx, cl, cmd, &f, a[0], a[1:])
+			}
 			ctr, err := c.createContainer(ctx, cl, cmd, &f, a[0], a[1:])
 			if err != nil {
 				return runError{exitRunFailed, err}
 			}
-			if detach {
-				if _, err := cl.Tasks.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: ctr.Id}); err != nil {
-					c.cleanupFailedRun(cl, ctr, f.rm)
-					return runError{startFailureCode(err), err}
-				}
-				if _, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id}); err != nil {
-					c.cleanupFailedRun(cl, ctr, f.rm)
-					return runError{startFailureCode(err), err}
-				}
-				fmt.Fprintln(c.Out, ctr.Id)
-				return nil
-			}
-			// Attached: one call creates the task, attaches and starts.
-			code, err := c.attach(ctx, cl, attachOptions{
-				containerID:  ctr.Id,
-				stdin:        f.interactive,
-				stdout:       true,
-				tty:          f.tty,
-				proxySignals: true,
-				detachKeys:   defaultDetachKeys,
-				start:        true,
-				createTask:   true,
-			})
-			if errors.Is(err, errDetached) {
-				return nil
-			}
-			var se *startError
-			if errors.As(err, &se) {
+			if _, err := cl.Tasks.CreateTask(ctx, &berthv1.CreateTaskRequest{ContainerId: ctr.Id}); err != nil {
 				c.cleanupFailedRun(cl, ctr, f.rm)
-				return runError{startFailureCode(se.err), se.err}
+				return runError{startFailureCode(err), err}
 			}
-			if err != nil {
-				return runError{exitRunFailed, err}
+			if _, err := cl.Tasks.StartTask(ctx, &berthv1.StartTaskRequest{ContainerId: ctr.Id}); err != nil {
+				c.cleanupFailedRun(cl, ctr, f.rm)
+				return runError{startFailureCode(err), err}
 			}
-			if code != 0 {
-				return exitCode(code)
-			}
+			fmt.Fprintln(c.Out, ctr.Id)
 			return nil
 		},
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run container in background and print container ID")
 	return cmd
+}
+
+// runAttached is run without --detach: one Attach call creates the
+// container and its task, attaches and starts it (AttachOpen.
+// create_container), and the agent cleans up after a failed start.
+func (c *CLI) runAttached(ctx context.Context, cl *Client, cmd *cobra.Command, f *createFlags, image string, args []string) error {
+	req, err := c.createRequest(ctx, cl, cmd, f, image, args)
+	if err != nil {
+		return runError{exitRunFailed, err}
+	}
+	opts := attachOptions{
+		create:       req,
+		stdin:        f.interactive,
+		stdout:       true,
+		tty:          f.tty,
+		proxySignals: true,
+		detachKeys:   defaultDetachKeys,
+		start:        true,
+	}
+	code, err := c.attach(ctx, cl, opts)
+	var se *startError
+	if errors.As(err, &se) && f.pull == "missing" && imageMissing(se.err) {
+		fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
+		if perr := c.pullImage(ctx, cl, image, req.Spec.Platform, false); perr != nil {
+			return runError{exitRunFailed, perr}
+		}
+		code, err = c.attach(ctx, cl, opts)
+	}
+	if errors.Is(err, errDetached) {
+		return nil
+	}
+	if errors.As(err, &se) {
+		return runError{startFailureCode(se.err), se.err}
+	}
+	if err != nil {
+		return runError{exitRunFailed, err}
+	}
+	if code != 0 {
+		return exitCode(code)
+	}
+	return nil
 }
 
 // cleanupFailedRun removes what a run that never started left behind, when

@@ -132,12 +132,16 @@ func TestCLIBadInputLeavesNothing(t *testing.T) {
 		args []string
 		code int
 		want []string
+		// kept: containers the failure leaves, created, as Docker does
+		// (not with --rm).
+		kept int
 	}{
-		{"unknown image", []string{"run", "nosuchimage:v9"}, 125, []string{"nosuchimage"}},
-		{"unknown flag", []string{"run", "--no-such-flag", "busybox", "true"}, 125, []string{"unknown flag", "--help"}},
-		{"invalid memory", []string{"run", "--memory", "lots", "busybox", "true"}, 125, []string{"lots"}},
-		{"missing bind source", []string{"run", "-v", "/nonexistent-berth-src:/x", "busybox", "true"}, 125, []string{"/nonexistent-berth-src"}},
-		{"command not in the image", []string{"run", "busybox", "no-such-command"}, 127, []string{"no-such-command"}},
+		{"unknown image", []string{"run", "nosuchimage:v9"}, 125, []string{"nosuchimage"}, 0},
+		{"unknown flag", []string{"run", "--no-such-flag", "busybox", "true"}, 125, []string{"unknown flag", "--help"}, 0},
+		{"invalid memory", []string{"run", "--memory", "lots", "busybox", "true"}, 125, []string{"lots"}, 0},
+		{"missing bind source", []string{"run", "-v", "/nonexistent-berth-src:/x", "busybox", "true"}, 125, []string{"/nonexistent-berth-src"}, 0},
+		{"command not in the image", []string{"run", "busybox", "no-such-command"}, 127, []string{"no-such-command"}, 1},
+		{"command not in the image, --rm", []string{"run", "--rm", "busybox", "no-such-command"}, 127, []string{"no-such-command"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := d.ctl(tc.args...)
@@ -149,14 +153,15 @@ func TestCLIBadInputLeavesNothing(t *testing.T) {
 					t.Errorf("berthctl %s: stderr %q does not mention %q", strings.Join(tc.args, " "), res.Stderr, w)
 				}
 			}
-			if tc.code == 127 {
-				// Docker keeps the container of a failed start; remove it.
-				for _, id := range strings.Fields(d.mustCtl("ps", "-aq", "--filter", "status=created")) {
-					d.ctl("rm", "-f", id)
-				}
-				for _, id := range strings.Fields(d.mustCtl("ps", "-aq", "--filter", "status=exited")) {
-					d.ctl("rm", "-f", id)
-				}
+			// Docker keeps the container of a failed start, created,
+			// unless --rm; then remove it.
+			created := strings.Fields(d.mustCtl("ps", "-aq", "--filter", "status=created"))
+			exited := strings.Fields(d.mustCtl("ps", "-aq", "--filter", "status=exited"))
+			if len(created) != tc.kept || len(exited) != 0 {
+				t.Errorf("containers left: created %v, exited %v; want %d created", created, exited, tc.kept)
+			}
+			for _, id := range append(created, exited...) {
+				d.ctl("rm", "-f", id)
 			}
 			// rm releases the network in the background: give it a moment.
 			after := daemonFootprint(t, d)

@@ -1409,9 +1409,18 @@ type AttachOpen struct {
 	// (the stream then fails with CreateTask's error if that fails). With
 	// start it is the whole of `run`'s create-and-start in one call, and its
 	// status is recorded once, started, rather than created then started.
-	CreateTask    bool `protobuf:"varint,8,opt,name=create_task,json=createTask,proto3" json:"create_task,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTask bool `protobuf:"varint,8,opt,name=create_task,json=createTask,proto3" json:"create_task,omitempty"`
+	// create_container creates the container first, as CreateContainer
+	// would (container_id is then left empty), and implies create_task:
+	// with start it is the whole of an attached `run` in one round trip.
+	// The new container's ID comes in the header "berth-container-id". If
+	// its task cannot be created or started, the stream ends with that
+	// error, the failed task is deleted, and so is the container when its
+	// spec asks for auto_remove (as `run --rm` would); otherwise it stays,
+	// created, with the error in its status.
+	CreateContainer *CreateContainerRequest `protobuf:"bytes,9,opt,name=create_container,json=createContainer,proto3" json:"create_container,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AttachOpen) Reset() {
@@ -1498,6 +1507,13 @@ func (x *AttachOpen) GetCreateTask() bool {
 		return x.CreateTask
 	}
 	return false
+}
+
+func (x *AttachOpen) GetCreateContainer() *CreateContainerRequest {
+	if x != nil {
+		return x.CreateContainer
+	}
+	return nil
 }
 
 type AttachResponse struct {
@@ -2587,7 +2603,7 @@ var File_berth_v1_tasks_proto protoreflect.FileDescriptor
 
 const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\n" +
-	"\x14berth/v1/tasks.proto\x12\bberth.v1\x1a\x14berth/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n" +
+	"\x14berth/v1/tasks.proto\x12\bberth.v1\x1a\x19berth/v1/containers.proto\x1a\x14berth/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n" +
 	"\x04Task\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12\x10\n" +
@@ -2674,7 +2690,7 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x06resize\x18\x03 \x01(\v2\x15.berth.v1.ConsoleSizeH\x00R\x06resize\x12!\n" +
 	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
 	"closeStdinB\a\n" +
-	"\x05input\"\xd9\x01\n" +
+	"\x05input\"\xa6\x02\n" +
 	"\n" +
 	"AttachOpen\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
@@ -2685,7 +2701,8 @@ const file_berth_v1_tasks_proto_rawDesc = "" +
 	"\x04logs\x18\x06 \x01(\bR\x04logs\x12\x14\n" +
 	"\x05start\x18\a \x01(\bR\x05start\x12\x1f\n" +
 	"\vcreate_task\x18\b \x01(\bR\n" +
-	"createTask\"t\n" +
+	"createTask\x12K\n" +
+	"\x10create_container\x18\t \x01(\v2 .berth.v1.CreateContainerRequestR\x0fcreateContainer\"t\n" +
 	"\x0eAttachResponse\x12&\n" +
 	"\x04data\x18\x01 \x01(\v2\x10.berth.v1.OutputH\x00R\x04data\x120\n" +
 	"\x04exit\x18\x02 \x01(\v2\x1a.berth.v1.WaitTaskResponseH\x00R\x04exitB\b\n" +
@@ -2809,52 +2826,53 @@ func file_berth_v1_tasks_proto_rawDescGZIP() []byte {
 var file_berth_v1_tasks_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_berth_v1_tasks_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_berth_v1_tasks_proto_goTypes = []any{
-	(TaskStatus)(0),               // 0: berth.v1.TaskStatus
-	(*Task)(nil),                  // 1: berth.v1.Task
-	(*CreateTaskRequest)(nil),     // 2: berth.v1.CreateTaskRequest
-	(*CreateTaskResponse)(nil),    // 3: berth.v1.CreateTaskResponse
-	(*StartTaskRequest)(nil),      // 4: berth.v1.StartTaskRequest
-	(*StartTaskResponse)(nil),     // 5: berth.v1.StartTaskResponse
-	(*GetTaskRequest)(nil),        // 6: berth.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),       // 7: berth.v1.GetTaskResponse
-	(*KillTaskRequest)(nil),       // 8: berth.v1.KillTaskRequest
-	(*KillTaskResponse)(nil),      // 9: berth.v1.KillTaskResponse
-	(*StopTaskRequest)(nil),       // 10: berth.v1.StopTaskRequest
-	(*StopTaskResponse)(nil),      // 11: berth.v1.StopTaskResponse
-	(*WaitTaskRequest)(nil),       // 12: berth.v1.WaitTaskRequest
-	(*WaitTaskResponse)(nil),      // 13: berth.v1.WaitTaskResponse
-	(*DeleteTaskRequest)(nil),     // 14: berth.v1.DeleteTaskRequest
-	(*DeleteTaskResponse)(nil),    // 15: berth.v1.DeleteTaskResponse
-	(*ProcessSpec)(nil),           // 16: berth.v1.ProcessSpec
-	(*ExecRequest)(nil),           // 17: berth.v1.ExecRequest
-	(*ExecResponse)(nil),          // 18: berth.v1.ExecResponse
-	(*ResizePtyRequest)(nil),      // 19: berth.v1.ResizePtyRequest
-	(*ResizePtyResponse)(nil),     // 20: berth.v1.ResizePtyResponse
-	(*CloseStdinRequest)(nil),     // 21: berth.v1.CloseStdinRequest
-	(*CloseStdinResponse)(nil),    // 22: berth.v1.CloseStdinResponse
-	(*AttachRequest)(nil),         // 23: berth.v1.AttachRequest
-	(*AttachOpen)(nil),            // 24: berth.v1.AttachOpen
-	(*AttachResponse)(nil),        // 25: berth.v1.AttachResponse
-	(*Output)(nil),                // 26: berth.v1.Output
-	(*LogsRequest)(nil),           // 27: berth.v1.LogsRequest
-	(*LogEntry)(nil),              // 28: berth.v1.LogEntry
-	(*LogsResponse)(nil),          // 29: berth.v1.LogsResponse
-	(*PauseTaskRequest)(nil),      // 30: berth.v1.PauseTaskRequest
-	(*PauseTaskResponse)(nil),     // 31: berth.v1.PauseTaskResponse
-	(*ResumeTaskRequest)(nil),     // 32: berth.v1.ResumeTaskRequest
-	(*ResumeTaskResponse)(nil),    // 33: berth.v1.ResumeTaskResponse
-	(*StatsRequest)(nil),          // 34: berth.v1.StatsRequest
-	(*CPUStats)(nil),              // 35: berth.v1.CPUStats
-	(*MemoryStats)(nil),           // 36: berth.v1.MemoryStats
-	(*PidsStats)(nil),             // 37: berth.v1.PidsStats
-	(*IOStats)(nil),               // 38: berth.v1.IOStats
-	(*StatsResponse)(nil),         // 39: berth.v1.StatsResponse
-	(*ListPidsRequest)(nil),       // 40: berth.v1.ListPidsRequest
-	(*ProcessInfo)(nil),           // 41: berth.v1.ProcessInfo
-	(*ListPidsResponse)(nil),      // 42: berth.v1.ListPidsResponse
-	(*timestamppb.Timestamp)(nil), // 43: google.protobuf.Timestamp
-	(*ConsoleSize)(nil),           // 44: berth.v1.ConsoleSize
-	(Stream)(0),                   // 45: berth.v1.Stream
+	(TaskStatus)(0),                // 0: berth.v1.TaskStatus
+	(*Task)(nil),                   // 1: berth.v1.Task
+	(*CreateTaskRequest)(nil),      // 2: berth.v1.CreateTaskRequest
+	(*CreateTaskResponse)(nil),     // 3: berth.v1.CreateTaskResponse
+	(*StartTaskRequest)(nil),       // 4: berth.v1.StartTaskRequest
+	(*StartTaskResponse)(nil),      // 5: berth.v1.StartTaskResponse
+	(*GetTaskRequest)(nil),         // 6: berth.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),        // 7: berth.v1.GetTaskResponse
+	(*KillTaskRequest)(nil),        // 8: berth.v1.KillTaskRequest
+	(*KillTaskResponse)(nil),       // 9: berth.v1.KillTaskResponse
+	(*StopTaskRequest)(nil),        // 10: berth.v1.StopTaskRequest
+	(*StopTaskResponse)(nil),       // 11: berth.v1.StopTaskResponse
+	(*WaitTaskRequest)(nil),        // 12: berth.v1.WaitTaskRequest
+	(*WaitTaskResponse)(nil),       // 13: berth.v1.WaitTaskResponse
+	(*DeleteTaskRequest)(nil),      // 14: berth.v1.DeleteTaskRequest
+	(*DeleteTaskResponse)(nil),     // 15: berth.v1.DeleteTaskResponse
+	(*ProcessSpec)(nil),            // 16: berth.v1.ProcessSpec
+	(*ExecRequest)(nil),            // 17: berth.v1.ExecRequest
+	(*ExecResponse)(nil),           // 18: berth.v1.ExecResponse
+	(*ResizePtyRequest)(nil),       // 19: berth.v1.ResizePtyRequest
+	(*ResizePtyResponse)(nil),      // 20: berth.v1.ResizePtyResponse
+	(*CloseStdinRequest)(nil),      // 21: berth.v1.CloseStdinRequest
+	(*CloseStdinResponse)(nil),     // 22: berth.v1.CloseStdinResponse
+	(*AttachRequest)(nil),          // 23: berth.v1.AttachRequest
+	(*AttachOpen)(nil),             // 24: berth.v1.AttachOpen
+	(*AttachResponse)(nil),         // 25: berth.v1.AttachResponse
+	(*Output)(nil),                 // 26: berth.v1.Output
+	(*LogsRequest)(nil),            // 27: berth.v1.LogsRequest
+	(*LogEntry)(nil),               // 28: berth.v1.LogEntry
+	(*LogsResponse)(nil),           // 29: berth.v1.LogsResponse
+	(*PauseTaskRequest)(nil),       // 30: berth.v1.PauseTaskRequest
+	(*PauseTaskResponse)(nil),      // 31: berth.v1.PauseTaskResponse
+	(*ResumeTaskRequest)(nil),      // 32: berth.v1.ResumeTaskRequest
+	(*ResumeTaskResponse)(nil),     // 33: berth.v1.ResumeTaskResponse
+	(*StatsRequest)(nil),           // 34: berth.v1.StatsRequest
+	(*CPUStats)(nil),               // 35: berth.v1.CPUStats
+	(*MemoryStats)(nil),            // 36: berth.v1.MemoryStats
+	(*PidsStats)(nil),              // 37: berth.v1.PidsStats
+	(*IOStats)(nil),                // 38: berth.v1.IOStats
+	(*StatsResponse)(nil),          // 39: berth.v1.StatsResponse
+	(*ListPidsRequest)(nil),        // 40: berth.v1.ListPidsRequest
+	(*ProcessInfo)(nil),            // 41: berth.v1.ProcessInfo
+	(*ListPidsResponse)(nil),       // 42: berth.v1.ListPidsResponse
+	(*timestamppb.Timestamp)(nil),  // 43: google.protobuf.Timestamp
+	(*ConsoleSize)(nil),            // 44: berth.v1.ConsoleSize
+	(*CreateContainerRequest)(nil), // 45: berth.v1.CreateContainerRequest
+	(Stream)(0),                    // 46: berth.v1.Stream
 }
 var file_berth_v1_tasks_proto_depIdxs = []int32{
 	0,  // 0: berth.v1.Task.status:type_name -> berth.v1.TaskStatus
@@ -2867,58 +2885,59 @@ var file_berth_v1_tasks_proto_depIdxs = []int32{
 	44, // 7: berth.v1.ResizePtyRequest.size:type_name -> berth.v1.ConsoleSize
 	24, // 8: berth.v1.AttachRequest.open:type_name -> berth.v1.AttachOpen
 	44, // 9: berth.v1.AttachRequest.resize:type_name -> berth.v1.ConsoleSize
-	26, // 10: berth.v1.AttachResponse.data:type_name -> berth.v1.Output
-	13, // 11: berth.v1.AttachResponse.exit:type_name -> berth.v1.WaitTaskResponse
-	45, // 12: berth.v1.Output.stream:type_name -> berth.v1.Stream
-	43, // 13: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
-	43, // 14: berth.v1.LogsRequest.until:type_name -> google.protobuf.Timestamp
-	43, // 15: berth.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
-	45, // 16: berth.v1.LogEntry.stream:type_name -> berth.v1.Stream
-	28, // 17: berth.v1.LogsResponse.entries:type_name -> berth.v1.LogEntry
-	43, // 18: berth.v1.StatsResponse.timestamp:type_name -> google.protobuf.Timestamp
-	35, // 19: berth.v1.StatsResponse.cpu:type_name -> berth.v1.CPUStats
-	36, // 20: berth.v1.StatsResponse.memory:type_name -> berth.v1.MemoryStats
-	37, // 21: berth.v1.StatsResponse.pids:type_name -> berth.v1.PidsStats
-	38, // 22: berth.v1.StatsResponse.io:type_name -> berth.v1.IOStats
-	43, // 23: berth.v1.ProcessInfo.started_at:type_name -> google.protobuf.Timestamp
-	41, // 24: berth.v1.ListPidsResponse.processes:type_name -> berth.v1.ProcessInfo
-	2,  // 25: berth.v1.TasksService.CreateTask:input_type -> berth.v1.CreateTaskRequest
-	4,  // 26: berth.v1.TasksService.StartTask:input_type -> berth.v1.StartTaskRequest
-	6,  // 27: berth.v1.TasksService.GetTask:input_type -> berth.v1.GetTaskRequest
-	8,  // 28: berth.v1.TasksService.KillTask:input_type -> berth.v1.KillTaskRequest
-	10, // 29: berth.v1.TasksService.StopTask:input_type -> berth.v1.StopTaskRequest
-	12, // 30: berth.v1.TasksService.WaitTask:input_type -> berth.v1.WaitTaskRequest
-	14, // 31: berth.v1.TasksService.DeleteTask:input_type -> berth.v1.DeleteTaskRequest
-	17, // 32: berth.v1.TasksService.Exec:input_type -> berth.v1.ExecRequest
-	19, // 33: berth.v1.TasksService.ResizePty:input_type -> berth.v1.ResizePtyRequest
-	21, // 34: berth.v1.TasksService.CloseStdin:input_type -> berth.v1.CloseStdinRequest
-	23, // 35: berth.v1.TasksService.Attach:input_type -> berth.v1.AttachRequest
-	27, // 36: berth.v1.TasksService.Logs:input_type -> berth.v1.LogsRequest
-	30, // 37: berth.v1.TasksService.PauseTask:input_type -> berth.v1.PauseTaskRequest
-	32, // 38: berth.v1.TasksService.ResumeTask:input_type -> berth.v1.ResumeTaskRequest
-	34, // 39: berth.v1.TasksService.Stats:input_type -> berth.v1.StatsRequest
-	40, // 40: berth.v1.TasksService.ListPids:input_type -> berth.v1.ListPidsRequest
-	3,  // 41: berth.v1.TasksService.CreateTask:output_type -> berth.v1.CreateTaskResponse
-	5,  // 42: berth.v1.TasksService.StartTask:output_type -> berth.v1.StartTaskResponse
-	7,  // 43: berth.v1.TasksService.GetTask:output_type -> berth.v1.GetTaskResponse
-	9,  // 44: berth.v1.TasksService.KillTask:output_type -> berth.v1.KillTaskResponse
-	11, // 45: berth.v1.TasksService.StopTask:output_type -> berth.v1.StopTaskResponse
-	13, // 46: berth.v1.TasksService.WaitTask:output_type -> berth.v1.WaitTaskResponse
-	15, // 47: berth.v1.TasksService.DeleteTask:output_type -> berth.v1.DeleteTaskResponse
-	18, // 48: berth.v1.TasksService.Exec:output_type -> berth.v1.ExecResponse
-	20, // 49: berth.v1.TasksService.ResizePty:output_type -> berth.v1.ResizePtyResponse
-	22, // 50: berth.v1.TasksService.CloseStdin:output_type -> berth.v1.CloseStdinResponse
-	25, // 51: berth.v1.TasksService.Attach:output_type -> berth.v1.AttachResponse
-	29, // 52: berth.v1.TasksService.Logs:output_type -> berth.v1.LogsResponse
-	31, // 53: berth.v1.TasksService.PauseTask:output_type -> berth.v1.PauseTaskResponse
-	33, // 54: berth.v1.TasksService.ResumeTask:output_type -> berth.v1.ResumeTaskResponse
-	39, // 55: berth.v1.TasksService.Stats:output_type -> berth.v1.StatsResponse
-	42, // 56: berth.v1.TasksService.ListPids:output_type -> berth.v1.ListPidsResponse
-	41, // [41:57] is the sub-list for method output_type
-	25, // [25:41] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	45, // 10: berth.v1.AttachOpen.create_container:type_name -> berth.v1.CreateContainerRequest
+	26, // 11: berth.v1.AttachResponse.data:type_name -> berth.v1.Output
+	13, // 12: berth.v1.AttachResponse.exit:type_name -> berth.v1.WaitTaskResponse
+	46, // 13: berth.v1.Output.stream:type_name -> berth.v1.Stream
+	43, // 14: berth.v1.LogsRequest.since:type_name -> google.protobuf.Timestamp
+	43, // 15: berth.v1.LogsRequest.until:type_name -> google.protobuf.Timestamp
+	43, // 16: berth.v1.LogEntry.time:type_name -> google.protobuf.Timestamp
+	46, // 17: berth.v1.LogEntry.stream:type_name -> berth.v1.Stream
+	28, // 18: berth.v1.LogsResponse.entries:type_name -> berth.v1.LogEntry
+	43, // 19: berth.v1.StatsResponse.timestamp:type_name -> google.protobuf.Timestamp
+	35, // 20: berth.v1.StatsResponse.cpu:type_name -> berth.v1.CPUStats
+	36, // 21: berth.v1.StatsResponse.memory:type_name -> berth.v1.MemoryStats
+	37, // 22: berth.v1.StatsResponse.pids:type_name -> berth.v1.PidsStats
+	38, // 23: berth.v1.StatsResponse.io:type_name -> berth.v1.IOStats
+	43, // 24: berth.v1.ProcessInfo.started_at:type_name -> google.protobuf.Timestamp
+	41, // 25: berth.v1.ListPidsResponse.processes:type_name -> berth.v1.ProcessInfo
+	2,  // 26: berth.v1.TasksService.CreateTask:input_type -> berth.v1.CreateTaskRequest
+	4,  // 27: berth.v1.TasksService.StartTask:input_type -> berth.v1.StartTaskRequest
+	6,  // 28: berth.v1.TasksService.GetTask:input_type -> berth.v1.GetTaskRequest
+	8,  // 29: berth.v1.TasksService.KillTask:input_type -> berth.v1.KillTaskRequest
+	10, // 30: berth.v1.TasksService.StopTask:input_type -> berth.v1.StopTaskRequest
+	12, // 31: berth.v1.TasksService.WaitTask:input_type -> berth.v1.WaitTaskRequest
+	14, // 32: berth.v1.TasksService.DeleteTask:input_type -> berth.v1.DeleteTaskRequest
+	17, // 33: berth.v1.TasksService.Exec:input_type -> berth.v1.ExecRequest
+	19, // 34: berth.v1.TasksService.ResizePty:input_type -> berth.v1.ResizePtyRequest
+	21, // 35: berth.v1.TasksService.CloseStdin:input_type -> berth.v1.CloseStdinRequest
+	23, // 36: berth.v1.TasksService.Attach:input_type -> berth.v1.AttachRequest
+	27, // 37: berth.v1.TasksService.Logs:input_type -> berth.v1.LogsRequest
+	30, // 38: berth.v1.TasksService.PauseTask:input_type -> berth.v1.PauseTaskRequest
+	32, // 39: berth.v1.TasksService.ResumeTask:input_type -> berth.v1.ResumeTaskRequest
+	34, // 40: berth.v1.TasksService.Stats:input_type -> berth.v1.StatsRequest
+	40, // 41: berth.v1.TasksService.ListPids:input_type -> berth.v1.ListPidsRequest
+	3,  // 42: berth.v1.TasksService.CreateTask:output_type -> berth.v1.CreateTaskResponse
+	5,  // 43: berth.v1.TasksService.StartTask:output_type -> berth.v1.StartTaskResponse
+	7,  // 44: berth.v1.TasksService.GetTask:output_type -> berth.v1.GetTaskResponse
+	9,  // 45: berth.v1.TasksService.KillTask:output_type -> berth.v1.KillTaskResponse
+	11, // 46: berth.v1.TasksService.StopTask:output_type -> berth.v1.StopTaskResponse
+	13, // 47: berth.v1.TasksService.WaitTask:output_type -> berth.v1.WaitTaskResponse
+	15, // 48: berth.v1.TasksService.DeleteTask:output_type -> berth.v1.DeleteTaskResponse
+	18, // 49: berth.v1.TasksService.Exec:output_type -> berth.v1.ExecResponse
+	20, // 50: berth.v1.TasksService.ResizePty:output_type -> berth.v1.ResizePtyResponse
+	22, // 51: berth.v1.TasksService.CloseStdin:output_type -> berth.v1.CloseStdinResponse
+	25, // 52: berth.v1.TasksService.Attach:output_type -> berth.v1.AttachResponse
+	29, // 53: berth.v1.TasksService.Logs:output_type -> berth.v1.LogsResponse
+	31, // 54: berth.v1.TasksService.PauseTask:output_type -> berth.v1.PauseTaskResponse
+	33, // 55: berth.v1.TasksService.ResumeTask:output_type -> berth.v1.ResumeTaskResponse
+	39, // 56: berth.v1.TasksService.Stats:output_type -> berth.v1.StatsResponse
+	42, // 57: berth.v1.TasksService.ListPids:output_type -> berth.v1.ListPidsResponse
+	42, // [42:58] is the sub-list for method output_type
+	26, // [26:42] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_berth_v1_tasks_proto_init() }
@@ -2926,6 +2945,7 @@ func file_berth_v1_tasks_proto_init() {
 	if File_berth_v1_tasks_proto != nil {
 		return
 	}
+	file_berth_v1_containers_proto_init()
 	file_berth_v1_types_proto_init()
 	file_berth_v1_tasks_proto_msgTypes[22].OneofWrappers = []any{
 		(*AttachRequest_Open)(nil),
