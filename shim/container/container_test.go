@@ -1319,3 +1319,41 @@ func TestPreforkSeesMountsMadeAfterIt(t *testing.T) {
 		t.Fatalf("exit %v, output %q: the mount made after the prefork is missing", ws, f.output())
 	}
 }
+
+// A shim that stops without Create (berthd gave up on the container)
+// removes a warm group it could not rename, once its prefork is gone: the
+// bundle's cleanup knows only the container's group.
+func TestWarmCgroupReleasedWithoutCreate(t *testing.T) {
+	if !cgroup.CanRename() {
+		t.Skip("cgroup v2 host: warm groups are not made")
+	}
+	needRoot(t)
+	id := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name()))
+	warmParent := testCgroupParent + "-warm2"
+	pre, err := container.Prefork(container.DefaultNamespaces | unix.CLONE_NEWNET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm, err := container.NewWarmCgroup(warmParent, id, &specs.LinuxResources{}, pre)
+	if err != nil {
+		pre.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, p := range []string{warmParent + "/" + container.WarmCgroupPrefix + id, warmParent, testCgroupParent + "/" + id} {
+			if cg, err := cgroup.Load(p); err == nil {
+				cg.Delete()
+			}
+		}
+	})
+	// The bundle's config.json cannot be read: the preparation stops
+	// there, the init still in the warm group.
+	load := func() (*container.Spec, error) { return nil, os.ErrNotExist }
+	prepared := container.PrepareCgroup(load, testCgroupParent, id, pre, warm)
+	prepared.Spec()
+	pre.Close()
+	prepared.ReleaseWarm()
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", warmParent, container.WarmCgroupPrefix+id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("warm group still there after ReleaseWarm (%v)", err)
+	}
+}

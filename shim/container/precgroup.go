@@ -195,6 +195,20 @@ func (p *PreparedCgroup) take(path string, res *specs.LinuxResources, pid int) c
 	return cg
 }
 
+// ReleaseWarm removes the warm shim's group if it was not renamed into
+// the container's, once the preparation is over; for a shim that stops
+// without Create, after its prefork is gone (Preforked.Close). The
+// container's own group goes with its bundle.
+func (p *PreparedCgroup) ReleaseWarm() {
+	if p == nil {
+		return
+	}
+	<-p.done
+	if p.warm.Close() == nil {
+		p.warm = nil
+	}
+}
+
 // discard removes a prepared cgroup that Create did not take, and a warm
 // one not renamed, once the init has moved to the one Create made (or is
 // gone).

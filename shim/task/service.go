@@ -209,8 +209,11 @@ func New(ctx context.Context, id, ns, bundleDir string, log *slog.Logger) (*Serv
 func (s *Service) Close() {
 	s.stop()
 	s.w.close()
-	pre, _ := s.takePrefork()
-	pre.Close() // an unused prepared cgroup goes with the bundle
+	pre, cg := s.takePrefork()
+	pre.Close()
+	// An unused prepared cgroup goes with the bundle; a warm one that was
+	// not renamed into it is not the bundle's.
+	cg.ReleaseWarm()
 }
 
 // takePrefork hands the prefork to its one user.
