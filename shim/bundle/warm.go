@@ -8,7 +8,10 @@ package bundle
 // and waiting for its bootstrap (shim/container.Prefork). Creating a task
 // adopts one instead of starting a shim.
 //
-// berthd runs `berth-shim start --warm --state STATE` with one end of a
+// berthd runs `berth-shim start --warm --state STATE` (on cgroup v1 with
+// `--cgroup-parent P --cgroup-resources JSON` too: the shim then makes
+// its container's likely cgroup ahead, P/.warm-<random>, and its adoption
+// renames it; see shim/container.WarmCgroup) with one end of a
 // SOCK_SEQPACKET socketpair (the control socket) as fd 3. start makes
 // WarmDir(STATE)/<random>/, binds shim.sock there, re-executes itself as
 // `serve --warm` (listener fd 3, control fd 4, stderr to shim.log there)

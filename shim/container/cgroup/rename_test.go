@@ -33,6 +33,20 @@ func removeTestParent(t *testing.T, parent string) {
 	})
 }
 
+// sleepIn starts a sleep in m's group, killed at the test's end.
+func sleepIn(t *testing.T, m Manager) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if err := m.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
 // TestRenameMovesTheGroupWithItsProcessesAndSettings: what a warm shim
 // relies on when it hands its ready-made group to the container it is
 // adopted for.
@@ -50,14 +64,7 @@ func TestRenameMovesTheGroupWithItsProcessesAndSettings(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command("sleep", "30")
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-			if err := m.Add(cmd.Process.Pid); err != nil {
-				t.Fatal(err)
-			}
+			cmd := sleepIn(t, m)
 			err = m.Rename(parent + "/web")
 			if im.name != "v1" {
 				if !errors.Is(err, errdefs.ErrNotImplemented) || m.Path() != parent+"/.warm-a" {
@@ -140,14 +147,7 @@ func TestRemoveEmptyKeepsGroupsInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	if err := busy.Add(cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
+	cmd := sleepIn(t, busy)
 	if err := RemoveEmpty(parent, ".warm-"); err != nil {
 		t.Fatal(err)
 	}
