@@ -24,9 +24,11 @@
 //     bind-mount into the container: HostsPath on /etc/hosts (read-write;
 //     Berth rewrites it in place when peers come and go), HostnamePath on
 //     /etc/hostname and ResolvConfPath on /etc/resolv.conf. Hostname is
-//     the UTS hostname to set. CNI ADD runs in the background meanwhile.
+//     the UTS hostname to set. The namespace is made and pinned, and CNI
+//     ADD run, in the background meanwhile.
 //  2. Shim start, then Wait, before the shim creates the init: it joins
-//     ADD and returns the complete Attachment, whose Networks and Ports
+//     them (the namespace exists from then on) and returns the complete
+//     Attachment, whose Networks and Ports
 //     go to ContainerStatus.networks and .ports. If Wait fails, the
 //     network is gone already: stop the shim. If the shim fails, Cancel.
 //     Attach is Begin and Wait in one.

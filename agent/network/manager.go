@@ -269,16 +269,18 @@ func (m *Manager) Attach(ctx context.Context, req AttachRequest) (*Attachment, e
 	return p.Wait(ctx)
 }
 
-// Begin starts attaching a container and returns as soon as everything a
-// runtime spec names exists: the record, the port reservations, the pinned
-// namespace and the /etc files. CNI ADD, two plugin execs, goes on in the
-// background, so the runtime can mount the rootfs, write the spec and
-// start the shim meanwhile. Wait then joins ADD and completes the
-// attachment; call it before the runtime creates the container's init:
-// only then does the namespace have its interface and /etc/hosts the
-// container's address, and Recover releases unfinished attachments on the
-// grounds that no init joined them. On an error Begin has torn down
-// everything it made.
+// Begin starts attaching a container and returns as soon as the record,
+// the port reservations and the /etc files exist, with the paths a
+// runtime spec names. The namespace is made and pinned (about a
+// millisecond: unshare, the bind mount, lo up) and CNI ADD run (two
+// plugin execs) in the background, so the runtime can mount the rootfs,
+// write the spec and start the shim meanwhile. Wait then joins them and
+// completes the attachment; call it before the runtime creates the
+// container's init: only then is the namespace there, with its
+// interface, and /etc/hosts the container's address; and Recover
+// releases unfinished attachments on the grounds that no init joined
+// them. A namespace that could not be made fails Wait, torn down as a
+// failed ADD is. On an error Begin has torn down everything it made.
 func (m *Manager) Begin(ctx context.Context, req AttachRequest) (*Pending, error) {
 	if err := identifiers.Validate("namespace", req.Namespace); err != nil {
 		return nil, err
@@ -445,11 +447,6 @@ type Pending struct {
 // begin makes the namespace and the files and starts ADD. The record is
 // saved already; on error the caller tears down.
 func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string, adopted bool) (*Pending, error) {
-	if r.NetnsPath != "" && !adopted {
-		if err := newPinnedNetns(r.NetnsPath); err != nil {
-			return nil, fmt.Errorf("container %s: %w", k.id, err)
-		}
-	}
 	m.mu.Lock()
 	err := m.writeFiles(k, r, resolv)
 	m.mu.Unlock()
@@ -462,18 +459,37 @@ func (m *Manager) begin(ctx context.Context, k key, r *record, resolv string, ad
 		close(p.done)
 		return p, nil
 	}
-	if r.Network == "" {
-		close(p.done) // none and host: nothing to add
+	pin := r.NetnsPath != ""
+	if !pin && r.Network == "" {
+		close(p.done) // host: nothing to make
 		return p, nil
 	}
-	list, err := libcni.NetworkConfFromBytes(r.ConfList)
-	if err != nil {
-		return nil, fmt.Errorf("network %q: %w", r.Network, err)
+	var (
+		list *libcni.NetworkConfigList
+		rt   *libcni.RuntimeConf
+	)
+	if r.Network != "" {
+		if list, err = libcni.NetworkConfFromBytes(r.ConfList); err != nil {
+			return nil, fmt.Errorf("network %q: %w", r.Network, err)
+		}
+		rt = m.runtimeConf(r)
 	}
-	rt := m.runtimeConf(r)
+	// The namespace too is made here, in the background, not before
+	// Begin returns: its path is known, the spec only names it, and the
+	// init joins it after Wait (BeforeInit). Making it (unshare, the pin,
+	// lo up: about a millisecond) overlaps the rootfs mount and the shim's
+	// start; a failure is Wait's, torn down as a failed ADD is.
 	go func() {
 		defer close(p.done)
-		p.attachments, p.ip, p.addErr = m.add(ctx, k, r.Network, r.IfName, list, rt)
+		if pin {
+			if err := newPinnedNetns(r.NetnsPath); err != nil {
+				p.addErr = fmt.Errorf("container %s: %w", k.id, err)
+				return
+			}
+		}
+		if list != nil {
+			p.attachments, p.ip, p.addErr = m.add(ctx, k, r.Network, r.IfName, list, rt)
+		}
 	}()
 	return p, nil
 }

@@ -63,10 +63,8 @@ func TestBeginHandsOutPathsAndWaitCompletesInPlace(t *testing.T) {
 	if pre.NetnsPath == "" || len(pre.Networks) != 0 {
 		t.Fatalf("Begin's attachment: netns %q, networks %v; want a namespace and no networks yet", pre.NetnsPath, pre.Networks)
 	}
-	// Everything the spec names exists before ADD is joined.
-	if !strings.Contains(mountsUnder(t, e.dir), pre.NetnsPath) {
-		t.Errorf("namespace %s is not pinned after Begin", pre.NetnsPath)
-	}
+	// The files the spec names exist before ADD is joined; the namespace
+	// is made alongside ADD, and pinned once Wait returns.
 	for _, f := range []string{pre.HostsPath, pre.HostnamePath, pre.ResolvConfPath} {
 		if _, err := os.Stat(f); err != nil {
 			t.Errorf("after Begin: %v", err)
@@ -76,6 +74,9 @@ func TestBeginHandsOutPathsAndWaitCompletesInPlace(t *testing.T) {
 	att, err := p.Wait(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(mountsUnder(t, e.dir), pre.NetnsPath) {
+		t.Errorf("namespace %s is not pinned after Wait", pre.NetnsPath)
 	}
 	if len(att.Networks) != 1 || len(att.Networks[0].Addresses) == 0 {
 		t.Fatalf("Wait's attachment has no address: %v", att.Networks)
