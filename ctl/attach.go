@@ -34,9 +34,6 @@ type attachOptions struct {
 	// -a, exec), so no early output is missed: the agent does it (one
 	// round trip less), or, if it does not say it did, StartTask.
 	start bool
-	// createTask has the agent create the task first (run): a failure to
-	// create is reported as a start's.
-	createTask bool
 	// create has the agent create the container first, and its task
 	// (run, attached): containerID is then learnt from the agent, and a
 	// failure to create the container is reported as a start's too.
@@ -61,7 +58,7 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 		return 0, err
 	}
 	open := &berthv1.AttachOpen{ContainerId: o.containerID, ExecId: o.execID, Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stdout,
-		Start: o.start, CreateTask: o.createTask, CreateContainer: o.create}
+		Start: o.start, CreateContainer: o.create}
 	if err := stream.Send(&berthv1.AttachRequest{Input: &berthv1.AttachRequest_Open{Open: open}}); err != nil {
 		return 0, err
 	}
@@ -82,7 +79,7 @@ func (c *CLI) attach(ctx context.Context, cl *Client, o attachOptions) (int, err
 		}
 	}
 	if err != nil {
-		if o.start || o.createTask || o.create != nil {
+		if o.start || o.create != nil {
 			// The stream's status is what stopped it: the create's or
 			// the start's error, or the attach's.
 			if serr := stream.RecvMsg(new(berthv1.AttachResponse)); serr != nil && serr != io.EOF {

@@ -87,10 +87,19 @@ func (c *CLI) createRequest(ctx context.Context, cl *Client, cmd *cobra.Command,
 	return &berthv1.CreateContainerRequest{Name: f.name, Spec: spec, Labels: labels}, nil
 }
 
-// imageMissing says whether err is the agent's "no such image" for a
-// create, which the pull policy "missing" answers with a pull.
-func imageMissing(err error) bool {
-	return status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), "image")
+// pullMissing answers a create's failure err as the pull policy
+// "missing" does, as Docker's `create` and `run` do: when err is the
+// agent's "no such image", it pulls the image and says the create is to
+// be tried again; otherwise it does nothing.
+func (c *CLI) pullMissing(ctx context.Context, cl *Client, f *createFlags, image string, req *berthv1.CreateContainerRequest, err error) (retry bool, perr error) {
+	if f.pull != "missing" || status.Code(err) != codes.NotFound || !strings.Contains(status.Convert(err).Message(), "image") {
+		return false, nil
+	}
+	fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
+	if err := c.pullImage(ctx, cl, image, req.Spec.Platform, false); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // createContainer creates the container, pulling its image first when the
@@ -101,11 +110,9 @@ func (c *CLI) createContainer(ctx context.Context, cl *Client, cmd *cobra.Comman
 		return nil, err
 	}
 	resp, err := cl.Containers.CreateContainer(ctx, req)
-	if err != nil && f.pull == "missing" && imageMissing(err) {
-		fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
-		if perr := c.pullImage(ctx, cl, image, req.Spec.Platform, false); perr != nil {
-			return nil, perr
-		}
+	if retry, perr := c.pullMissing(ctx, cl, f, image, req, err); perr != nil {
+		return nil, perr
+	} else if retry {
 		resp, err = cl.Containers.CreateContainer(ctx, req)
 	}
 	if err != nil {
@@ -175,12 +182,12 @@ func (c *CLI) runAttached(ctx context.Context, cl *Client, cmd *cobra.Command, f
 	}
 	code, err := c.attach(ctx, cl, opts)
 	var se *startError
-	if errors.As(err, &se) && f.pull == "missing" && imageMissing(se.err) {
-		fmt.Fprintf(c.Err, "Unable to find image '%s' locally\n", familiar(image))
-		if perr := c.pullImage(ctx, cl, image, req.Spec.Platform, false); perr != nil {
+	if errors.As(err, &se) {
+		if retry, perr := c.pullMissing(ctx, cl, f, image, req, se.err); perr != nil {
 			return runError{exitRunFailed, perr}
+		} else if retry {
+			code, err = c.attach(ctx, cl, opts)
 		}
-		code, err = c.attach(ctx, cl, opts)
 	}
 	if errors.Is(err, errDetached) {
 		return nil

@@ -28,8 +28,9 @@ type PreparedCgroup struct {
 	pid    int    // the process put in it, 0 for none
 	cg     cgroup.Manager
 	err    error
-	// warm is the warm shim's group when it could not become the
-	// container's: it is removed once the init has left it.
+	// warm is the warm shim's group (nil: none). Renamed into the
+	// container's, it is empty; if it could not be, it is removed once
+	// the init has left it.
 	warm *WarmCgroup
 }
 
@@ -135,13 +136,13 @@ func PrepareCgroup(load func() (*Spec, error), cgroupParent, id string, pre *Pre
 		if p.path, p.err = cgroup.GroupPath(cgroupParent, id); p.err != nil {
 			return
 		}
-		res, _ := splitPidsLimit(spec.view.Linux.Resources)
-		if p.res, p.err = json.Marshal(res); p.err != nil {
-			return
-		}
 		if cg := warm.adopt(p.path); cg != nil {
 			// take rewrites the resources if the spec's differ.
-			p.cg, p.res, p.pid, p.warm = cg, warm.res, warm.pid, nil
+			p.cg, p.res, p.pid = cg, warm.res, warm.pid
+			return
+		}
+		res, _ := splitPidsLimit(spec.view.Linux.Resources)
+		if p.res, p.err = json.Marshal(res); p.err != nil {
 			return
 		}
 		if p.cg, p.err = cgroup.New(p.path, res); p.err != nil {
@@ -149,9 +150,7 @@ func PrepareCgroup(load func() (*Spec, error), cgroupParent, id string, pre *Pre
 		}
 		if pid > 0 && p.cg.Add(pid) == nil {
 			p.pid = pid
-			if p.warm.Close() == nil { // the init has left it
-				p.warm = nil
-			}
+			_ = warm.Close() // the init has left it
 		}
 	}()
 	return p
@@ -204,9 +203,7 @@ func (p *PreparedCgroup) ReleaseWarm() {
 		return
 	}
 	<-p.done
-	if p.warm.Close() == nil {
-		p.warm = nil
-	}
+	_ = p.warm.Close() // nothing to do once renamed or removed
 }
 
 // discard removes a prepared cgroup that Create did not take, and a warm
@@ -221,7 +218,5 @@ func (p *PreparedCgroup) discard() {
 		_ = p.cg.Delete()
 		p.cg = nil
 	}
-	if p.warm.Close() == nil {
-		p.warm = nil
-	}
+	p.ReleaseWarm()
 }

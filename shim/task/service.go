@@ -433,12 +433,10 @@ func (s *Service) Create(ctx context.Context, req *shimv1.CreateRequest) (_ *shi
 	spec := prepared.Spec()
 	var err error
 	if spec == nil {
-		data, err := os.ReadFile(filepath.Join(s.bundleDir, bundle.ConfigFile))
-		if err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "read the bundle's config.json: %v", err)
-		}
-		if spec, err = container.ParseSpec(data); err != nil {
+		if spec, err = LoadSpec(s.bundleDir); errors.Is(err, errdefs.ErrInvalidArgument) {
 			return nil, status.Errorf(codes.InvalidArgument, "the bundle's config.json: %v", err)
+		} else if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "read the bundle's config.json: %v", err)
 		}
 	}
 	terminal := req.GetTerminal() || spec.Terminal()
